@@ -1,0 +1,179 @@
+"""`ShareConfig`: the one configuration schema used by the API, the CLI and saved recipes.
+
+Example::
+
+    >>> cfg = ShareConfig(rank=8, exclude=("fc",))
+    >>> ShareConfig.from_json(cfg.to_json()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Union
+
+from .errors import ConfigError
+
+__all__ = ["ShareConfig", "LINK_KINDS", "RankSpec"]
+
+LINK_KINDS = ("lowrank", "scale", "lowrank+scale", "none")
+RankSpec = Union[int, str]
+_JSON_SCALARS = (type(None), bool, int, float, str)
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    """How `transform` shares convolution weights. Validated on construction."""
+
+    rank: RankSpec = _help(
+        "Rank of each site's low-rank residual B·A: an int (capped at the full rank), 'full' "
+        "(exact reconstruction, used to verify the rewrite; it grows the model), or 'auto' "
+        "(smallest rank whose relative weight error is at most auto_tolerance).",
+        default=8,
+    )
+    link: str = _help(
+        "Per-site residual link: 'lowrank' (bank + B·A), 'scale' (per-output-channel scale of "
+        "the bank), 'lowrank+scale' (scale·bank + B·A) or 'none' (the bank alone).",
+        default="lowrank",
+    )
+    auto_tolerance: float = _help(
+        "Relative weight error ||W - W_eff|| / ||W|| that rank='auto' aims for, in (0, 1].",
+        default=0.25,
+    )
+    min_site_params: int = _help(
+        "Convolutions with fewer weight elements than this are never shared.", default=2048
+    )
+    skip_first_conv: bool = _help(
+        "Keep the first convolution in execution order (the stem) unshared.", default=True
+    )
+    include: tuple[str, ...] = _help(
+        "fnmatch patterns on site names (module paths); when given, only matching sites are "
+        "shared.",
+        default=(),
+    )
+    exclude: tuple[str, ...] = _help(
+        "fnmatch patterns on site names that are never shared.", default=()
+    )
+    skip_gates: bool = _help(
+        "Add a learnable gated skip y = conv(x) + g·x (g = 0 at init) around shared convs "
+        "whose output has the input's shape.",
+        default=False,
+    )
+    leaf_modules: tuple[str, ...] = _help(
+        "Modules the tracer must not enter: fnmatch patterns on module paths or class names.",
+        default=(),
+    )
+    autowrap_functions: tuple[str, ...] = _help(
+        "Functions the tracer records as single calls, as 'package.module:function'.",
+        default=(),
+    )
+    concrete_args: Mapping[str, Any] = _help(
+        "Values fixed for arguments of the top-level forward while tracing (JSON scalars).",
+        default_factory=dict,
+    )
+    fallback: bool = _help(
+        "When tracing a module fails, make it a leaf and trace its children on their own.",
+        default=True,
+    )
+    verify: bool = _help(
+        "Check the rewritten graph against the original model on the example inputs, with "
+        "each site fed its original weight (must match to float precision).",
+        default=True,
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude", "leaf_modules", "autowrap_functions"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"ShareConfig.{name} must be a list of strings, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        rank = self.rank
+        if isinstance(rank, bool) or not (
+            (isinstance(rank, int) and rank >= 0) or rank in ("full", "auto")
+        ):
+            raise ConfigError(
+                f"ShareConfig.rank must be an int >= 0, 'full' or 'auto', got {rank!r}"
+            )
+        if self.link not in LINK_KINDS:
+            raise ConfigError(f"ShareConfig.link must be one of {LINK_KINDS}, got {self.link!r}")
+        if not (isinstance(self.auto_tolerance, (int, float)) and 0 < self.auto_tolerance <= 1):
+            raise ConfigError(
+                f"ShareConfig.auto_tolerance must be in (0, 1], got {self.auto_tolerance!r}"
+            )
+        if isinstance(self.min_site_params, bool) or not (
+            isinstance(self.min_site_params, int) and self.min_site_params >= 0
+        ):
+            raise ConfigError(
+                f"ShareConfig.min_site_params must be an int >= 0, got {self.min_site_params!r}"
+            )
+        for name in ("skip_first_conv", "skip_gates", "fallback", "verify"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"ShareConfig.{name} must be true or false")
+        for spec in self.autowrap_functions:
+            if spec.count(":") != 1 or not all(spec.split(":")):
+                raise ConfigError(
+                    f"ShareConfig.autowrap_functions entry {spec!r} must look like "
+                    "'package.module:function'"
+                )
+        if not isinstance(self.concrete_args, Mapping):
+            raise ConfigError("ShareConfig.concrete_args must be a mapping of name to value")
+        for key, value in self.concrete_args.items():
+            if not isinstance(key, str) or not isinstance(value, _JSON_SCALARS):
+                raise ConfigError(
+                    f"ShareConfig.concrete_args[{key!r}] must be a JSON scalar, got {value!r}"
+                )
+        object.__setattr__(self, "concrete_args", dict(self.concrete_args))
+
+    def __hash__(self) -> int:  # concrete_args is a dict; hash the JSON form instead
+        return hash(self.to_json())
+
+    @property
+    def uses_lowrank(self) -> bool:
+        return self.link in ("lowrank", "lowrank+scale")
+
+    def replace(self, **changes: Any) -> "ShareConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else (
+                dict(value) if isinstance(value, Mapping) else value
+            )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ShareConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a ShareConfig must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown ShareConfig field(s) {unknown}; valid fields: {sorted(known)}"
+            )
+        return cls(**dict(data))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ShareConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"ShareConfig JSON is malformed: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text (used by the CLI and the docs)."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

@@ -1,0 +1,128 @@
+"""Numerical helpers: relative errors over output trees and truncated SVD factors.
+
+All comparisons are relative norm errors computed in float64, ||out - ref|| / ||ref||, which is
+what the tolerances of sharedft-fx mean (element-wise closeness is fragile on deep random nets).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch.utils import _pytree as pytree
+
+__all__ = [
+    "relative_error",
+    "tree_relative_error",
+    "flatten_tensors",
+    "lowrank_factors",
+    "rank_for_tolerance",
+    "channel_scale",
+]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (absolute norm when ref is all zeros)."""
+    out64 = out.detach().to(torch.float64)
+    ref64 = ref.detach().to(torch.float64)
+    diff = torch.linalg.vector_norm(out64 - ref64).item()
+    denom = torch.linalg.vector_norm(ref64).item()
+    if not math.isfinite(diff):
+        return math.inf
+    return diff / denom if denom > 0 else diff
+
+
+def flatten_tensors(tree: Any) -> tuple[list[Any], Any]:
+    """Leaves and structure of a (nested) model output."""
+    return pytree.tree_flatten(tree)
+
+
+def tree_relative_error(out: Any, ref: Any) -> float:
+    """Largest relative error over the tensor leaves of two outputs of the same structure.
+
+    Returns inf when the structures, shapes or non-tensor leaves differ.
+    """
+    out_leaves, out_spec = flatten_tensors(out)
+    ref_leaves, ref_spec = flatten_tensors(ref)
+    if out_spec != ref_spec:
+        return math.inf
+    worst = 0.0
+    for a, b in zip(out_leaves, ref_leaves):
+        if isinstance(b, torch.Tensor):
+            if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+                return math.inf
+            if b.numel() == 0:
+                continue
+            if not (b.is_floating_point() or b.is_complex()):
+                if not torch.equal(a, b):
+                    return math.inf
+                continue
+            worst = max(worst, relative_error(a, b))
+        elif a != b:
+            return math.inf
+    return worst
+
+
+def _residual_basis(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Eigen-decomposition of the smaller Gram matrix of a 2-D float64 residual.
+
+    Returns (singular values descending, basis, left) where `basis` spans the left singular
+    vectors (left=True, residual is short and wide) or the right ones (left=False).
+    """
+    m, n = residual.shape
+    left = m <= n
+    gram = residual @ residual.T if left else residual.T @ residual
+    evals, evecs = torch.linalg.eigh(gram)
+    order = torch.argsort(evals, descending=True)
+    sigma = evals[order].clamp_min(0).sqrt()
+    return sigma, evecs[:, order], left
+
+
+def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated SVD factors (B, A) with B @ A the best rank-`rank` approximation of `residual`.
+
+    `residual` is 2-D (out, fan_in) and should be float64; the factors keep its dtype. At full
+    rank B @ A reproduces the residual to float64 precision.
+
+    >>> r = torch.randn(4, 6, dtype=torch.float64)
+    >>> b, a = lowrank_factors(r, 4)
+    >>> torch.allclose(b @ a, r)
+    True
+    """
+    m, n = residual.shape
+    rank = max(0, min(rank, m, n))
+    if rank == 0:
+        return residual.new_zeros(m, 0), residual.new_zeros(0, n)
+    _, basis, left = _residual_basis(residual)
+    top = basis[:, :rank]
+    if left:  # residual ≈ U_r (U_rᵀ R): B = U_r, A = U_rᵀ R = S_r V_rᵀ
+        return top.contiguous(), (top.T @ residual).contiguous()
+    # residual ≈ (R V_r) V_rᵀ: B = U_r S_r, A = V_rᵀ
+    return (residual @ top).contiguous(), top.T.contiguous()
+
+
+def rank_for_tolerance(residual: torch.Tensor, reference_norm: float, tolerance: float) -> int:
+    """Smallest rank r with ||residual - rank_r(residual)|| <= tolerance · reference_norm."""
+    sigma, _, _ = _residual_basis(residual)
+    energy = sigma.pow(2)
+    # tail[r] = energy left out when keeping the first r singular values
+    tail = torch.flip(torch.cumsum(torch.flip(energy, [0]), 0), [0])
+    tail = torch.cat([tail, tail.new_zeros(1)])
+    budget = (tolerance * reference_norm) ** 2
+    ok = torch.nonzero(tail <= budget)
+    return int(ok[0].item()) if len(ok) else int(len(sigma))
+
+
+def channel_scale(weight: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Least-squares per-output-channel scale s minimising ||W - s·bank|| (s = 1 where bank is 0)."""
+    w = weight.reshape(weight.shape[0], -1)
+    b = bank.reshape(bank.shape[0], -1)
+    num = (w * b).sum(dim=1)
+    den = (b * b).sum(dim=1)
+    scale = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
+    return scale
+
+
+def shape_numel(shape: Sequence[int]) -> int:
+    return int(math.prod(shape))

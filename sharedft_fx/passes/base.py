@@ -1,0 +1,132 @@
+"""Pass infrastructure: a pass returns an honest result; the manager lints, recompiles, checks.
+
+Example::
+
+    >>> manager = PassManager([FindConvSites(), GroupConvSites(config)])
+    >>> results = manager(model)          # lints and recompiles every graph after each pass
+    >>> [r.modified for r in results]
+    [False, False]
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import PassError, SharedftError, VerificationError
+from ..numerics import tree_relative_error
+from ..tracing import graph_modules
+
+__all__ = ["Pass", "PassResult", "PassManager", "OutputCheck"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass did: the module it returns, whether it changed anything, and a few counts."""
+
+    module: nn.Module
+    modified: bool
+    counts: Mapping[str, int] = field(default_factory=dict)
+    name: str = ""
+
+
+class Pass(abc.ABC):
+    """A graph pass over every GraphModule partition of a model.
+
+    Subclasses document themselves through the class attributes below; `tools/gen_pass_docs.py`
+    turns them into the `passes/` catalog. Analysis passes only write ``node.meta``; rewrite
+    passes read those annotations and change the graph.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "analysis"  # or "rewrite"
+    matches: ClassVar[str] = ""
+    preconditions: ClassVar[str] = ""
+    invariants: ClassVar[str] = ""
+    before: ClassVar[str] = ""
+    after: ClassVar[str] = ""
+
+    @property
+    def preserves_outputs(self) -> bool:
+        """Whether the model computes the same outputs after this pass (to float precision)."""
+        return self.kind == "analysis"
+
+    @abc.abstractmethod
+    def run(self, module: nn.Module) -> PassResult:
+        """Apply the pass to `module` (a model whose traced parts are GraphModules)."""
+
+    def __call__(self, module: nn.Module) -> PassResult:
+        return self.run(module)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """Compare the model's outputs with `reference` after every output-preserving pass."""
+
+    example_inputs: tuple
+    reference: Any
+    tolerance: float = 1e-5
+
+    def error(self, module: nn.Module) -> float:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                out = module(*self.example_inputs)
+        finally:
+            module.train(was_training)
+        return tree_relative_error(out, self.reference)
+
+
+class PassManager:
+    """Runs passes in order; after each, lints and recompiles every graph and optionally checks.
+
+    Any failure is raised as an error naming the failing pass and the passes that ran before it.
+    """
+
+    def __init__(self, passes: Sequence[Pass], check: OutputCheck | None = None) -> None:
+        self.passes = list(passes)
+        self.check = check
+
+    def __call__(self, module: nn.Module) -> list[PassResult]:
+        results: list[PassResult] = []
+        for p in self.passes:
+            done = [r.name for r in results]
+            where = f"pass {p.name!r}" + (f" (after {', '.join(done)})" if done else "")
+            try:
+                result = p(module)
+                module = result.module
+                for _, gm in graph_modules(module):
+                    gm.graph.lint()
+                    gm.recompile()
+            except SharedftError as exc:
+                raise _with_context(exc, where) from exc
+            except Exception as exc:  # noqa: BLE001 - name the pass in every error
+                raise PassError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            results.append(PassResult(result.module, result.modified, dict(result.counts), p.name))
+            log.debug("%s: modified=%s counts=%s", p.name, result.modified, dict(result.counts))
+            if self.check is not None and result.modified and p.preserves_outputs:
+                err = self.check.error(module)
+                if not err <= self.check.tolerance:
+                    raise VerificationError(
+                        f"{where} changed the model's outputs (relative error {err:.3e} > "
+                        f"{self.check.tolerance:g}); this is a bug in the pass, please report it"
+                    )
+        return results
+
+
+def _with_context(exc: SharedftError, where: str) -> SharedftError:
+    new = type(exc)(f"{where}: {exc}")
+    return new
+
+

@@ -1,0 +1,105 @@
+"""Analysis: decide which conv sites share a bank, and with which link and rank."""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from ..config import ShareConfig
+from ..errors import InputError
+from ..planning import SharingPlan, SiteCandidate, plan_sharing
+from ..tracing import graph_modules
+from .base import Pass, PassResult
+from .find_conv_sites import SITE_KEY, ConvUse
+
+__all__ = ["GroupConvSites", "SHARE_KEY", "collect_sites"]
+
+log = logging.getLogger(__name__)
+
+SHARE_KEY = "sharedft.share"
+
+
+def collect_sites(module: nn.Module) -> dict[str, list[ConvUse]]:
+    """Site name -> its uses (ConvUse annotations), in execution order."""
+    sites: dict[str, list[ConvUse]] = {}
+    for _, gm in graph_modules(module):
+        for node in gm.graph.nodes:
+            use = node.meta.get(SITE_KEY)
+            if isinstance(use, ConvUse):
+                sites.setdefault(use.site, []).append(use)
+    return sites
+
+
+class GroupConvSites(Pass):
+    """Annotate each use of a shared site with its group and link plan."""
+
+    name = "group_conv_sites"
+    kind = "analysis"
+    matches = "Nodes annotated by `find_conv_sites`."
+    preconditions = "`find_conv_sites` ran on the same graphs."
+    invariants = (
+        "Changes no graph. Sites in one group have identical (weight shape, groups, dtype, "
+        "device); a group is never planned to cost as many parameters as it replaces (except "
+        "rank='full', the exact mode); the stem, tiny and excluded convs are left out with a reason."
+    )
+    before = "conv1 = self.layer1.0.conv1(x)   # meta['sharedft.site'] = ConvUse(...)"
+    after = (
+        "conv1 = self.layer1.0.conv1(x)   # meta['sharedft.share'] = (GroupPlan('g0_64x64x3x3'), "
+        "SitePlan(rank=8, link='lowrank'))"
+    )
+
+    def __init__(self, config: ShareConfig, plan: SharingPlan | None = None) -> None:
+        self.config = config
+        self.fixed_plan = plan
+        self.plan = SharingPlan()
+
+    def run(self, module: nn.Module) -> PassResult:
+        sites = collect_sites(module)
+        candidates = [
+            SiteCandidate(
+                site=name,
+                order=uses[0].order,
+                weight_shape=uses[0].weight_shape,
+                conv_groups=uses[0].conv_groups,
+                key=uses[0].key,
+                eligible=all(u.eligible for u in uses),
+                reason=next((u.reason for u in uses if u.reason), ""),
+            )
+            for name, uses in sites.items()
+        ]
+        if self.fixed_plan is not None:
+            self.plan = self._check_fixed(self.fixed_plan, sites)
+        else:
+            params = {name: uses[0].param for name, uses in sites.items()}
+            self.plan = plan_sharing(
+                candidates, self.config, lambda s: module.get_parameter(params[s])
+            )
+        chosen = self.plan.site_plans()
+        for _, gm in graph_modules(module):
+            for node in gm.graph.nodes:
+                node.meta.pop(SHARE_KEY, None)
+                use = node.meta.get(SITE_KEY)
+                if isinstance(use, ConvUse) and use.site in chosen:
+                    node.meta[SHARE_KEY] = chosen[use.site]
+        shared = sum(len(g.sites) for g in self.plan.groups)
+        log.debug("planned %d groups over %d sites", len(self.plan.groups), shared)
+        return PassResult(module, False, {"groups": len(self.plan.groups), "shared_sites": shared})
+
+    @staticmethod
+    def _check_fixed(plan: SharingPlan, sites: dict[str, list[ConvUse]]) -> SharingPlan:
+        for group in plan.groups:
+            for s in group.sites:
+                uses = sites.get(s.site)
+                if not uses:
+                    raise InputError(
+                        f"the plan shares {s.site!r}, which this model does not have as a "
+                        "convolution site; is it the same architecture the recipe was made for?"
+                    )
+                if uses[0].weight_shape != group.weight_shape or not all(u.eligible for u in uses):
+                    raise InputError(
+                        f"the plan's site {s.site!r} has weight shape {uses[0].weight_shape} here, "
+                        f"not {group.weight_shape} (or cannot be shared); the recipe does not fit "
+                        "this model"
+                    )
+        return plan

@@ -1,0 +1,277 @@
+"""Rewrite: give each planned group one bank parameter and each site a residual link.
+
+The weight read is rewritten, not the conv: a ``get_attr`` read becomes the link's output, and a
+plain ``nn.ConvNd`` call becomes the same functional conv fed the effective weight.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ShareConfig
+from ..links import SharedWeights, WeightLink, make_link
+from ..numerics import channel_scale, lowrank_factors
+from ..planning import GroupPlan, SitePlan
+from ..tracing import graph_modules
+from .base import Pass, PassResult
+from .find_conv_sites import CONV_FUNCTIONS, SITE_KEY, ConvUse
+from .group_conv_sites import SHARE_KEY
+
+__all__ = ["ShareConvWeights", "SiteInit", "REWRITTEN_KEY", "CONTAINER_NAME", "link_key"]
+
+log = logging.getLogger(__name__)
+
+REWRITTEN_KEY = "sharedft.rewritten"
+CONTAINER_NAME = "sharedft"
+_CONV_BY_DIMS = {dims: fn for fn, dims in CONV_FUNCTIONS.items()}
+
+
+@dataclass(frozen=True)
+class SiteInit:
+    """How well a site's link reproduces its original weight at initialisation."""
+
+    site: str
+    group: str
+    weight_error: float
+    link_params: int
+
+
+def link_key(site: str) -> str:
+    return site.replace(".", "_") or "root"
+
+
+class ShareConvWeights(Pass):
+    """Replace each planned site's weight by ``link(bank)``; one bank per group."""
+
+    name = "share_conv_weights"
+    kind = "rewrite"
+    matches = "Nodes annotated by `group_conv_sites` (`node.meta['sharedft.share']`)."
+    preconditions = "`find_conv_sites` and `group_conv_sites` ran on the same graphs."
+    invariants = (
+        "Each group becomes one parameter `sharedft.banks.<group>` (the mean of its weights) and "
+        "each site one link `sharedft.links.<site>` (truncated-SVD residual, least-squares "
+        "scale, both, or none); conv bias, stride, padding, dilation, groups and padding_mode are "
+        "kept; the original weight parameters are removed. With rank='full' the model's outputs "
+        "are unchanged to float precision. Running it again finds nothing to do."
+    )
+    before = "conv1 = self.layer1.0.conv1(x)"
+    after = (
+        "sharedft_banks_g0 = self.sharedft.banks.g0_64x64x3x3\n"
+        "layer1_0_conv1_weight = self.sharedft.links.layer1_0_conv1(sharedft_banks_g0)\n"
+        "conv1 = torch.conv2d(x, layer1_0_conv1_weight, None, (1, 1), (1, 1), (1, 1), 1)"
+    )
+
+    def __init__(self, config: ShareConfig, initialize: bool = True) -> None:
+        self.config = config
+        self.initialize = initialize
+        self.sites: list[SiteInit] = []
+        self.links: dict[str, WeightLink] = {}  # original parameter path -> its link
+
+    @property
+    def preserves_outputs(self) -> bool:
+        return self.config.rank == "full" and self.config.uses_lowrank
+
+    def run(self, module: nn.Module) -> PassResult:
+        self.sites, self.links = [], {}
+        partitions = list(graph_modules(module))
+        planned: dict[str, tuple[GroupPlan, SitePlan, ConvUse]] = {}
+        for _, gm in partitions:
+            for node in gm.graph.nodes:
+                if SHARE_KEY in node.meta:
+                    group, site = node.meta[SHARE_KEY]
+                    planned.setdefault(site.site, (group, site, node.meta[SITE_KEY]))
+        if not planned:
+            return PassResult(module, False, {"groups": 0, "sites": 0, "uses": 0})
+        replaced = {id(module.get_parameter(u.param)) for _, _, u in planned.values()}
+        attr = _free_name(partitions)
+        container = SharedWeights()
+        keys: dict[str, str] = {}
+        groups: dict[str, GroupPlan] = {}
+        members: dict[str, list[tuple[SitePlan, ConvUse]]] = {}
+        for group, site, use in planned.values():
+            groups[group.name] = group
+            members.setdefault(group.name, []).append((site, use))
+        for name, group in groups.items():
+            self._build_group(module, container, group, members[name], keys)
+        uses = 0
+        for _, gm in partitions:
+            uses += self._rewire(gm, attr, container, keys)
+        for _, gm in partitions:
+            _drop_original_weights(gm, replaced)
+        return PassResult(
+            module, True, {"groups": len(groups), "sites": len(planned), "uses": uses}
+        )
+
+    def _build_group(
+        self,
+        module: nn.Module,
+        container: SharedWeights,
+        group: GroupPlan,
+        sites: list[tuple[SitePlan, ConvUse]],
+        keys: dict[str, str],
+    ) -> None:
+        weights = [module.get_parameter(use.param) for _, use in sites]
+        ref = weights[0]
+        out = group.weight_shape[0]
+        if self.initialize:
+            total = torch.zeros(group.weight_shape, dtype=torch.float64, device=ref.device)
+            for w in weights:
+                total += w.detach().to(torch.float64)
+            bank = (total / len(weights)).to(ref.dtype)
+            del total
+        else:
+            bank = torch.zeros(group.weight_shape, dtype=ref.dtype, device=ref.device)
+        container.banks[group.name] = nn.Parameter(
+            bank, requires_grad=any(w.requires_grad for w in weights)
+        )
+        bank64 = bank.detach().to(torch.float64).reshape(out, -1)
+        for (plan, use), w in zip(sites, weights):
+            link, err = self._make_link(plan, w, bank64)
+            self.links[use.param] = link
+            key = link_key(plan.site)
+            while key in container.links:
+                key += "_"
+            keys[plan.site] = key
+            container.links[key] = link
+            self.sites.append(
+                SiteInit(plan.site, group.name, err, sum(p.numel() for p in link.parameters()))
+            )
+
+    def _make_link(
+        self, plan: SitePlan, weight: nn.Parameter, bank64: torch.Tensor
+    ) -> tuple[WeightLink, float]:
+        out, fan_in = bank64.shape
+        dtype, device = weight.dtype, weight.device
+        kind, rank = plan.link, plan.rank
+        lowrank = kind in ("lowrank", "lowrank+scale")
+        if not self.initialize:
+            zeros = dict(
+                scale=torch.ones(out, dtype=dtype, device=device),
+                b=torch.zeros(out, rank, dtype=dtype, device=device),
+                a=torch.zeros(rank, fan_in, dtype=dtype, device=device),
+            )
+            link = make_link(kind, **{k: v for k, v in zeros.items() if _needs(kind, k)})
+            _requires_grad(link, weight.requires_grad)
+            return link, float("nan")
+        w64 = weight.detach().to(torch.float64).reshape(out, -1)
+        base = bank64
+        scale = None
+        if kind in ("scale", "lowrank+scale"):
+            scale = channel_scale(w64, bank64).to(dtype)
+            base = bank64 * scale.to(torch.float64)[:, None]
+        b = a = None
+        approx = base
+        if lowrank:
+            b64, a64 = lowrank_factors(w64 - base, rank)
+            b, a = b64.to(dtype), a64.to(dtype)
+            approx = base + b.to(torch.float64) @ a.to(torch.float64)
+        norm = torch.linalg.vector_norm(w64).item()
+        diff = torch.linalg.vector_norm(w64 - approx).item()
+        err = diff / norm if norm > 0 else diff
+        tensors = {"scale": scale, "b": b, "a": a}
+        link = make_link(kind, **{k: v for k, v in tensors.items() if v is not None})
+        _requires_grad(link, weight.requires_grad)
+        return link, err
+
+    def _rewire(
+        self, gm: fx.GraphModule, attr: str, container: SharedWeights, keys: dict[str, str]
+    ) -> int:
+        graph = gm.graph
+        bank_nodes: dict[str, fx.Node] = {}
+        link_nodes: dict[str, fx.Node] = {}
+        count = 0
+        for node in list(graph.nodes):
+            if SHARE_KEY not in node.meta:
+                continue
+            if not hasattr(gm, attr):
+                gm.add_submodule(attr, container)
+            group, site = node.meta[SHARE_KEY]
+            use: ConvUse = node.meta[SITE_KEY]
+            with graph.inserting_before(node):
+                if group.name not in bank_nodes:
+                    bank_nodes[group.name] = graph.get_attr(f"{attr}.banks.{group.name}")
+                if site.site not in link_nodes:
+                    key = keys[site.site]
+                    link_node = graph.create_node(
+                        "call_module", f"{attr}.links.{key}", (bank_nodes[group.name],),
+                        name=f"{key}_weight",
+                    )
+                    link_node.meta[REWRITTEN_KEY] = site.site
+                    link_nodes[site.site] = link_node
+                weight = link_nodes[site.site]
+                if use.use == "module":
+                    new = _functional_conv(gm, node, weight, use.dims)
+                    new.meta[REWRITTEN_KEY] = site.site
+                else:
+                    new = weight
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            count += 1
+        return count
+
+
+def _needs(kind: str, name: str) -> bool:
+    if name == "scale":
+        return kind in ("scale", "lowrank+scale")
+    return kind in ("lowrank", "lowrank+scale")
+
+
+def _requires_grad(link: nn.Module, flag: bool) -> None:
+    for p in link.parameters():
+        p.requires_grad_(flag)
+
+
+def _free_name(partitions: list[tuple[str, fx.GraphModule]]) -> str:
+    name, i = CONTAINER_NAME, 0
+    while any(hasattr(gm, name) for _, gm in partitions):
+        i += 1
+        name = f"{CONTAINER_NAME}_{i}"
+    return name
+
+
+def _functional_conv(gm: fx.GraphModule, node: fx.Node, weight: fx.Node, dims: int) -> fx.Node:
+    """``self.conv(x)`` -> ``torch.convNd(x, weight, self.conv.bias, stride, padding, ...)``."""
+    mod = gm.get_submodule(node.target)
+    graph = gm.graph
+    x = node.args[0] if node.args else node.kwargs["input"]
+    bias = graph.get_attr(f"{node.target}.bias") if mod.bias is not None else None
+    padding = mod.padding
+    if mod.padding_mode != "zeros":
+        x = graph.call_function(
+            F.pad, (x, mod._reversed_padding_repeated_twice), {"mode": mod.padding_mode}
+        )
+        padding = (0,) * dims
+    return graph.call_function(
+        _CONV_BY_DIMS[dims],
+        (x, weight, bias, mod.stride, padding, mod.dilation, mod.groups),
+    )
+
+
+def _drop_original_weights(gm: fx.GraphModule, replaced: set[int]) -> None:
+    """Remove the replaced weight parameters; delete conv modules left empty and unused."""
+    used = {n.target for n in gm.graph.nodes if n.op in ("call_module", "get_attr")}
+    emptied = []
+    for path, owner in gm.named_modules(remove_duplicate=False):
+        for attr, value in list(owner._parameters.items()):
+            if value is None or id(value) not in replaced:
+                continue
+            if isinstance(owner, nn.modules.conv._ConvNd):
+                owner.register_parameter(attr, None)
+            else:
+                delattr(owner, attr)
+            emptied.append(path)
+    for path in emptied:
+        if not path or path in used or any(t.startswith(path + ".") for t in used):
+            continue
+        try:
+            owner = gm.get_submodule(path)
+        except AttributeError:
+            continue
+        if next(owner.parameters(), None) is None and next(owner.buffers(), None) is None:
+            gm.delete_submodule(path)

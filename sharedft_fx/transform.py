@@ -1,0 +1,201 @@
+"""`transform(model, example_inputs, config)`: the public entry point of the sharing compiler.
+
+Before::
+
+    conv1 = self.layer1.0.conv1(relu)
+    conv2 = self.layer1.0.conv2(relu_1)
+
+After (``ShareConfig(rank=8)``)::
+
+    sharedft_banks_g0 = self.sharedft.banks.g0_64x64x3x3
+    layer1_0_conv1_weight = self.sharedft.links.layer1_0_conv1(sharedft_banks_g0)
+    conv2d = torch.conv2d(relu, layer1_0_conv1_weight, None, (1, 1), (1, 1), (1, 1), 1)
+    layer1_0_conv2_weight = self.sharedft.links.layer1_0_conv2(sharedft_banks_g0)
+    conv2d_1 = torch.conv2d(relu_1, layer1_0_conv2_weight, None, (1, 1), (1, 1), (1, 1), 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .config import ShareConfig
+from .errors import ConfigError, InputError, NonFiniteWeightError, VerificationError
+from .links import feed_weights
+from .numerics import tree_relative_error
+from .passes import AddSkipGates, GroupConvSites, OutputCheck, PassManager, ShareConvWeights
+from .passes import default_pipeline
+from .planning import SharingPlan
+from .result import GroupReport, SiteReport, TransformResult, count_parameters
+from .tracing import TraceReport, trace_model
+
+__all__ = ["transform", "as_args", "eval_mode", "check_finite", "VERIFY_TOLERANCE"]
+
+log = logging.getLogger(__name__)
+
+VERIFY_TOLERANCE = 1e-5
+FULL_RANK_TOLERANCE = 1e-4
+
+
+def as_args(example_inputs: Any) -> tuple:
+    """Example inputs as a tuple of positional arguments (a lone tensor or list is one argument)."""
+    if example_inputs is None:
+        raise InputError("example_inputs is required: a tensor or a tuple of forward() arguments")
+    return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag afterwards."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def check_finite(model: nn.Module) -> None:
+    """Raise `NonFiniteWeightError` naming the first parameter or buffer that holds NaN/Inf."""
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                layer = name.rpartition(".")[0] or "<top-level module>"
+                raise NonFiniteWeightError(
+                    f"{kind} {name} of layer {layer} holds {bad} NaN/Inf value(s); repair or "
+                    "re-initialise that layer (or reload the checkpoint) before transforming"
+                )
+
+
+def _run(model: nn.Module, args: tuple) -> Any:
+    with eval_mode(model), torch.no_grad():
+        return model(*args)
+
+
+def _detached_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that shares (never modifies) conv-shaped parameters with `model`.
+
+    The rewrite only reads those tensors, so the copy costs little memory; `_unalias` clones
+    whatever is still shared at the end.
+    """
+    memo: dict[int, Any] = {id(p): p for p in model.parameters() if p.dim() >= 3}
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(
+            f"the model cannot be copied ({type(exc).__name__}: {exc}); sharedft-fx never "
+            "modifies the user's model in place and needs copy.deepcopy to work"
+        ) from exc
+
+
+def _unalias(result: nn.Module, original: nn.Module) -> None:
+    """Clone every parameter of `result` that is still the same tensor as one of `original`."""
+    theirs = {id(p) for p in original.parameters()} | {id(b) for b in original.buffers()}
+    clones: dict[int, torch.Tensor] = {}
+    for module in result.modules():
+        for store in (module._parameters, module._buffers):
+            for name, value in list(store.items()):
+                if value is None or id(value) not in theirs:
+                    continue
+                if id(value) not in clones:
+                    data = value.detach().clone()
+                    clones[id(value)] = (
+                        nn.Parameter(data, requires_grad=value.requires_grad)
+                        if isinstance(value, nn.Parameter) else data
+                    )
+                store[name] = clones[id(value)]
+
+
+def transform(
+    model: nn.Module,
+    example_inputs: Any,
+    config: ShareConfig | None = None,
+    *,
+    plan: SharingPlan | None = None,
+) -> TransformResult:
+    """Rewrite `model` so convolutions of one weight shape share a bank plus per-site links.
+
+    Returns a `TransformResult` whose `.model` is a new module; `model` is never modified.
+    `example_inputs` is a tensor or a tuple of forward() arguments; it is used to verify the
+    tracing and the rewrite. `plan` fixes the groups and ranks (used by `load`).
+    """
+    config = ShareConfig() if config is None else config
+    if not isinstance(config, ShareConfig):
+        raise ConfigError(f"config must be a ShareConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"transform expects a torch.nn.Module, got {type(model).__name__}")
+    args = as_args(example_inputs)
+    check_finite(model)
+    try:
+        reference = _run(model, args)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(
+            f"the model does not run on the example inputs ({type(exc).__name__}: {exc}); pass "
+            "a tensor, or a tuple of the positional arguments of forward()"
+        ) from exc
+    params_before = count_parameters(model)
+    work = _detached_copy(model)
+    root, trace = trace_model(work, args, config)
+    pipeline = default_pipeline(config, plan, example_inputs=args)
+    check = OutputCheck(args, reference, FULL_RANK_TOLERANCE) if config.verify else None
+    results = PassManager(pipeline, check)(root)
+    group_pass = next(p for p in pipeline if isinstance(p, GroupConvSites))
+    share_pass = next(p for p in pipeline if isinstance(p, ShareConvWeights))
+    gate_pass = next((p for p in pipeline if isinstance(p, AddSkipGates)), None)
+    if not any(r.modified for r in results):
+        log.warning("no shareable convolutions found; returning an unchanged copy")
+        unchanged = copy.deepcopy(model)
+        return TransformResult(
+            model=unchanged, config=config, groups=(), params_before=params_before,
+            params_after=count_parameters(unchanged), trace=trace, plan=group_pass.plan,
+            modified=False, output_error=0.0, passes=tuple(results),
+        )
+    new = results[-1].module
+    _unalias(new, model)
+    new.train(model.training)
+    if config.verify:
+        _verify_wiring(new, model, share_pass, args, reference)
+    output_error = tree_relative_error(_run(new, args), reference)
+    errors = {s.site: s for s in share_pass.sites}
+    groups = tuple(
+        GroupReport(
+            name=g.name, weight_shape=g.weight_shape, conv_groups=g.conv_groups,
+            sites=tuple(
+                SiteReport(s.site, s.link, s.rank, errors[s.site].link_params,
+                           errors[s.site].weight_error)
+                for s in g.sites
+            ),
+            params_before=g.params_before(), params_after=g.params_after(),
+        )
+        for g in group_pass.plan.groups
+    )
+    result = TransformResult(
+        model=new, config=config, groups=groups, params_before=params_before,
+        params_after=count_parameters(new), trace=trace, plan=group_pass.plan, modified=True,
+        output_error=output_error, gates=tuple(gate_pass.gated) if gate_pass else (),
+        passes=tuple(results),
+    )
+    log.info("%s", result.summary())
+    return result
+
+
+def _verify_wiring(
+    new: nn.Module, original: nn.Module, share_pass: ShareConvWeights, args: tuple, reference: Any
+) -> None:
+    """Feed every link its site's original weight: the graph must reproduce the original model."""
+    feeds = {link: original.get_parameter(param) for param, link in share_pass.links.items()}
+    with feed_weights(feeds):
+        err = tree_relative_error(_run(new, args), reference)
+    if not err <= VERIFY_TOLERANCE:
+        raise VerificationError(
+            f"the rewritten graph does not reproduce the original model when fed the original "
+            f"weights (relative error {err:.3e}); this is a bug in sharedft-fx, please report it "
+            "with the model; verify=False skips this check"
+        )
