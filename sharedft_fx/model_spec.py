@@ -26,7 +26,13 @@ from torch import nn
 
 from .errors import InputError, UntrustedFileError
 
-__all__ = ["build_model", "load_weights", "parse_shape", "resolve_callable"]
+__all__ = [
+    "build_model",
+    "load_weights",
+    "no_download_kwargs",
+    "parse_shape",
+    "resolve_callable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,19 @@ def resolve_callable(spec: str) -> Callable[..., Any]:
     return fn
 
 
+def no_download_kwargs(name: str) -> dict[str, Any]:
+    """Keyword arguments that make a torchvision builder download nothing (random weights)."""
+    import inspect
+
+    import torchvision
+
+    params = inspect.signature(torchvision.models.get_model_builder(name)).parameters
+    kwargs: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in params:
+        kwargs["weights_backbone"] = None
+    return kwargs
+
+
 def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
     """Build the model a spec names, with random weights (nothing is downloaded)."""
     kwargs: dict[str, Any] = {}
@@ -82,7 +101,7 @@ def build_model(spec: str, num_classes: int | None = None) -> nn.Module:
             raise InputError(
                 f"torchvision has no model {name!r}; see torchvision.models.list_models()"
             )
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        model = torchvision.models.get_model(name, **no_download_kwargs(name), **kwargs)
     else:
         fn = resolve_callable(spec)
         try:

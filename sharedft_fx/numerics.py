@@ -7,7 +7,7 @@ what the tolerances of sharedft-fx mean (element-wise closeness is fragile on de
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
@@ -33,9 +33,20 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return diff / denom if denom > 0 else diff
 
 
+def _plain(tree: Any) -> Any:
+    """Mappings as plain dicts, so an OrderedDict and a dict of the same items compare equal."""
+    if isinstance(tree, Mapping):
+        return {k: _plain(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_plain(v) for v in tree]
+    if isinstance(tree, tuple) and not hasattr(tree, "_fields"):
+        return tuple(_plain(v) for v in tree)
+    return tree
+
+
 def flatten_tensors(tree: Any) -> tuple[list[Any], Any]:
-    """Leaves and structure of a (nested) model output."""
-    return pytree.tree_flatten(tree)
+    """Leaves and structure of a (nested) model output (mapping types are not told apart)."""
+    return pytree.tree_flatten(_plain(tree))
 
 
 def tree_relative_error(out: Any, ref: Any) -> float:

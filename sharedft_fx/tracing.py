@@ -233,6 +233,7 @@ def trace_model(
     for path, gm in traced.items():
         gm.train(was_training)
         if path:
+            _adopt_attributes(gm, model.get_submodule(path))
             _set_submodule(root, path, gm)
         else:
             root = gm
@@ -251,6 +252,28 @@ def trace_model(
         log.info("traced %d module(s); %d ran eagerly: %s", len(traced), len(leaves),
                  ", ".join(f"{k or '<root>'} ({v})" for k, v in report.leaves.items()))
     return root, report
+
+
+_MODULE_ATTRS = frozenset(dir(nn.Module)) | {"forward", "training"}
+
+
+def _adopt_attributes(gm: fx.GraphModule, original: nn.Module) -> None:
+    """Give a traced partition the plain attributes and methods its eager parent may use.
+
+    The eager parent still runs its own Python code, which may read ``self.child.some_attr`` or
+    call ``self.child.helper()``; a bare GraphModule has neither.
+    """
+    for name, value in vars(original).items():
+        if not name.startswith("_") and name not in _MODULE_ATTRS and not hasattr(gm, name):
+            setattr(gm, name, value)
+    for cls in reversed(type(original).__mro__):
+        if cls in (nn.Module, object) or issubclass(nn.Module, cls):
+            continue
+        for name, value in vars(cls).items():
+            if name.startswith("__") or name in _MODULE_ATTRS or hasattr(type(gm), name):
+                continue
+            if callable(value) or isinstance(value, (property, staticmethod, classmethod)):
+                setattr(type(gm), name, value)
 
 
 def _child_paths(module: nn.Module, path: str) -> list[str]:
@@ -310,6 +333,7 @@ def trace_paths(model: nn.Module, config: ShareConfig, paths: tuple[str, ...]) -
             ) from exc
         gm.train(module.training)
         if path:
+            _adopt_attributes(gm, module)
             _set_submodule(root, path, gm)
         else:
             root = gm
