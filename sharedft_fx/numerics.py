@@ -105,6 +105,11 @@ def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, to
     rank = max(0, min(rank, m, n))
     if rank == 0:
         return residual.new_zeros(m, 0), residual.new_zeros(0, n)
+    if rank == min(m, n):
+        # full rank: the identity factorisation is exact, also after a cast to float32, because
+        # a product with an identity matrix rounds nothing (truncated SVD would round twice)
+        eye = torch.eye(rank, dtype=residual.dtype, device=residual.device)
+        return (eye, residual.clone()) if m <= n else (residual.clone(), eye)
     _, basis, left = _residual_basis(residual)
     top = basis[:, :rank]
     if left:  # residual ≈ U_r (U_rᵀ R): B = U_r, A = U_rᵀ R = S_r V_rᵀ

@@ -167,7 +167,10 @@ class ShareConvWeights(Pass):
             base = bank64 * scale.to(torch.float64)[:, None]
         b = a = None
         approx = base
-        if lowrank:
+        if lowrank and rank >= min(out, fan_in):
+            b, a = _exact_factors(weight.detach(), bank64.to(dtype), scale)
+            approx = base + b.to(torch.float64) @ a.to(torch.float64)
+        elif lowrank:
             b64, a64 = lowrank_factors(w64 - base, rank)
             b, a = b64.to(dtype), a64.to(dtype)
             approx = base + b.to(torch.float64) @ a.to(torch.float64)
@@ -214,6 +217,37 @@ class ShareConvWeights(Pass):
             graph.erase_node(node)
             count += 1
         return count
+
+
+def _exact_factors(
+    weight: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-rank factors (identity and residual) with which the link rebuilds `weight` bit for bit.
+
+    The link computes ``base + B @ A`` in the weight's dtype; a product with an identity matrix
+    rounds nothing, and the residual is nudged by one ulp where ``base + r`` would round away
+    from the original value. At full rank the rewritten model then computes what the original
+    computed.
+    """
+    out = weight.shape[0]
+    w = weight.reshape(out, -1)
+    base = bank.reshape(out, -1)
+    if scale is not None:
+        base = base * scale.reshape(-1, 1)
+    r = w - base
+    if r.dtype in (torch.float32, torch.float64):
+        for _ in range(4):
+            got = base + r
+            bad = got != w
+            if not bool(bad.any()):
+                break
+            toward = torch.where(w > got, torch.full_like(r, float("inf")),
+                                 torch.full_like(r, float("-inf")))
+            r = torch.where(bad, torch.nextafter(r, toward), r)
+    m, n = r.shape
+    if m <= n:
+        return torch.eye(m, dtype=r.dtype, device=r.device), r.contiguous()
+    return r.contiguous(), torch.eye(n, dtype=r.dtype, device=r.device)
 
 
 def _needs(kind: str, name: str) -> bool:
