@@ -409,10 +409,22 @@ def _trace_like(
     return out
 
 
-def _node_key(prefix: str, node: fx.Node) -> tuple[str, ...]:
-    if node.op in ("call_module", "get_attr"):
-        return (node.op, _join(prefix, str(node.target)))
-    return (node.op, prefix, node.name)
+def _keyed_nodes(
+    graphs: Sequence[tuple[str, fx.GraphModule]]
+) -> dict[tuple[Any, ...], tuple[str, fx.Node]]:
+    """Node keys: (op, module path, k-th call) for modules and attributes, else (op, graph, name)."""
+    calls: dict[tuple[str, str], int] = {}
+    out: dict[tuple[Any, ...], tuple[str, fx.Node]] = {}
+    for prefix, gm in graphs:
+        for node in gm.graph.nodes:
+            if node.op in ("call_module", "get_attr"):
+                path = (node.op, _join(prefix, str(node.target)))
+                k = calls.get(path, 0)
+                calls[path] = k + 1
+                out[(*path, k)] = (prefix, node)
+            else:
+                out[(node.op, prefix, node.name)] = (prefix, node)
+    return out
 
 
 def _diff_nodes(
@@ -420,8 +432,8 @@ def _diff_nodes(
     after: list[tuple[str, fx.GraphModule]],
     shared_sites: set[str],
 ) -> tuple[tuple[NodeChange, ...], NodeCounts]:
-    b_nodes = {_node_key(p, n): (p, n) for p, gm in before for n in gm.graph.nodes}
-    a_nodes = {_node_key(p, n): (p, n) for p, gm in after for n in gm.graph.nodes}
+    b_nodes = _keyed_nodes(before)
+    a_nodes = _keyed_nodes(after)
     # after-nodes that compute a site: the link node and the functional conv replacing a module
     after_of_site: dict[str, list[tuple[str, fx.Node]]] = {}
     for key, (p, n) in a_nodes.items():
@@ -578,6 +590,7 @@ class GraphDiff:
         config: ShareConfig | None = None,
         skipped: Mapping[str, str] | None = None,
         compute_errors: bool = True,
+        errors_finetuned: bool = False,
         export: Any = None,
         metrics: Any = None,
         onnx: OnnxDiff | tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -587,12 +600,17 @@ class GraphDiff:
         """Compare an original module with a shared one (e.g. `sharedft_fx.load` output).
 
         With `compute_errors`, each shared site's weight error is measured against `before`'s
-        weight at the same module path (meaningful when `before` holds the trained weights).
+        weight at the same module path (meaningful when `before` holds the trained weights);
+        it is reported as the error after fine-tuning when `errors_finetuned` is set.
         """
-        init_errors = site_weight_errors(before, after) if compute_errors else {}
+        errors = site_weight_errors(before, after) if compute_errors else {}
+        if errors_finetuned and errors:
+            metrics = Metrics.coerce(metrics or {})
+            metrics = dataclasses.replace(metrics, site_errors={**errors, **metrics.site_errors})
+            errors = {}
         return cls._build(
             after=after, before=before, config=config or ShareConfig(), params_before=None,
-            skipped=dict(skipped or {}), init_errors=init_errors, finetuned=None,
+            skipped=dict(skipped or {}), init_errors=errors, finetuned=None,
             export=export, metrics=metrics, onnx=onnx,
             title=title or f"sharedft-fx report: {type(before).__name__}", source=source,
             output_error=None, trace=None,
@@ -719,7 +737,7 @@ class GraphDiff:
             for r in sites:
                 if r.shared:
                     stage_before[r.stage] = stage_before.get(r.stage, 0) + r.params_before
-        stages = _stage_rows(stage_before, stage_after, [r.stage for r in sites])
+        stages = _stage_rows(stage_before, stage_after, _stage_order(after_graphs, links))
         params_after = sum(p.numel() for _, p in after_params)
         if params_before is None:
             params_before = sum(s.params_before for s in stages)
@@ -830,16 +848,34 @@ class GraphDiff:
         return str(path)
 
 
+def _stage_order(graphs: Sequence[tuple[str, fx.GraphModule]], links: Sequence[_Link]) -> list[str]:
+    """Top-level modules in execution order (a link counts for its site's stage)."""
+    banks = {ln.bank_path for ln in links}
+    link_stage = {ln.link_path: _stage(ln.site) for ln in links}
+    order: list[str] = []
+    for prefix, gm in graphs:
+        for node in gm.graph.nodes:
+            if node.op not in ("call_module", "get_attr"):
+                continue
+            full = _join(prefix, str(node.target))
+            if full in banks:
+                continue
+            stage = link_stage.get(full, _stage(full))
+            if stage not in order:
+                order.append(stage)
+    return order
+
+
 def _stage_rows(
-    before: Mapping[str, float], after: Mapping[str, float], site_stages: Sequence[str]
+    before: Mapping[str, float], after: Mapping[str, float], order: Sequence[str]
 ) -> tuple[StageRow, ...]:
-    """Stages in model order (first site, then the rest as they appear), integer counts.
+    """Stages with parameters, in execution order (then parameter order), integer counts.
 
     Fractional bank shares are rounded so that the stage totals add up exactly.
     """
     names: list[str] = []
-    for s in list(before) + list(site_stages) + list(after):
-        if s not in names:
+    for s in list(order) + list(before) + list(after):
+        if s not in names and (before.get(s, 0) or after.get(s, 0)):
             names.append(s)
     rounded_after = _round_preserving_sum({n: after.get(n, 0.0) for n in names})
     return tuple(
