@@ -269,3 +269,41 @@ def test_write_formats(small, tmp_path):
     assert not list(tmp_path.glob("*.partial"))
     with pytest.raises(InputError):
         d.write(tmp_path / "r.pdf")
+
+
+class _Untraceable(nn.Module):
+    """Top-level forward with data-dependent control flow: only `a` and `b` become graphs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = small_net(), small_net()
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.a(x) + self.b(x)
+        return self.a(x)
+
+
+def test_partitions_share_banks_across_graphs():
+    model = _Untraceable().eval()
+    result = sharedft_fx.transform(model, X.abs())
+    assert result.trace.traced == ("a", "b")
+    d = GraphDiff.from_transform(result, original=model)
+    assert len(d.sites) == 14 and d.totals.shared_sites == 12
+    assert (d.totals.params_before, d.totals.params_after) == (
+        result.params_before, result.params_after)
+    # the banks are shared by sites of both graphs; each stage gets its sites' share
+    assert [(s.name, s.params_before) for s in d.stages] == [("a", 30778), ("b", 30778)]
+    assert d.stages[0].params_after == d.stages[1].params_after
+    assert sum(s.params_after for s in d.stages) == result.params_after
+    assert {n.graph for n in d.nodes} == {"a", "b"}
+    assert GraphDiff.from_transform(result).stages == d.stages
+    jsonschema.validate(json.loads(d.to_json()), load_schema())
+
+
+def test_unshared_untraceable_modules_report_without_node_diff():
+    model = _Untraceable().eval()
+    d = GraphDiff.from_modules(model, model)
+    assert d.groups == () and d.node_counts is None
+    assert d.totals.params_before == d.totals.params_after
+    assert d.totals.conv_sites == 12  # plain nn.Conv2d modules (no annotations to read)

@@ -371,6 +371,16 @@ def _read_shared(after: nn.Module) -> tuple[list[_Link], dict[str, ConvUse], lis
     return links, unshared, order
 
 
+def _gate_of(module: nn.Module, ln: "_Link") -> nn.Module | None:
+    """The skip gate of a link's site, if the rewrite added one."""
+    container = ln.link_path.rsplit(".links.", 1)[0]
+    try:
+        gate = module.get_submodule(f"{container}.gates.{ln.key}")
+    except AttributeError:
+        return None
+    return gate if isinstance(gate, SkipGate) else None
+
+
 def _plain_sites(module: nn.Module) -> dict[str, tuple[int, ...]]:
     """Conv sites of a module without annotations: every nn.ConvNd holding a weight parameter."""
     out: dict[str, tuple[int, ...]] = {}
@@ -395,8 +405,7 @@ def _trace_like(
     except Exception as exc:  # noqa: BLE001
         if not paths or paths == [""]:
             raise TracingError(
-                f"cannot trace the original module for the node diff ({type(exc).__name__}: "
-                f"{exc}); leave it out to report without the node-level diff"
+                f"cannot trace the module for the node diff ({type(exc).__name__}: {exc})"
             ) from exc
     out = []
     for p in paths:
@@ -640,8 +649,12 @@ class GraphDiff:
         if after_graphs:
             links, unshared, order = _read_shared(after)
         else:  # a plain module (nothing traced): trace a throwaway graph of it
-            after_graphs = _trace_like(after, [""], config)
-            links, unshared, order = _read_shared(after_graphs[0][1])
+            try:
+                after_graphs = _trace_like(after, [""], config)
+                links, unshared, order = _read_shared(after_graphs[0][1])
+            except TracingError as exc:
+                log.warning("no node-level diff: %s", exc)
+                after_graphs, links, unshared, order = [], [], {}, []
         if before is not None and any(ln.site == ln.key for ln in links):
             # links without annotations are named by key: map keys back to module paths
             paths = {link_key(p): p for p in _plain_sites(before)}
@@ -702,25 +715,28 @@ class GraphDiff:
             for g, lns in members.items()
         )
 
-        # parameters per stage
+        # parameters per stage (by tensor identity: one container may sit in several graphs)
         after_params = _unique_params(after)
-        link_site = {ln.link_path: ln.site for ln in links}
-        gate_site = {}
+        added_site: dict[int, str] = {}  # link / gate parameter -> its site
+        bank_sites: dict[int, list[str]] = {}  # bank -> the sites that read it
         for ln in links:
-            container = ln.link_path.rsplit(".links.", 1)[0]
-            gate_site[f"{container}.gates.{ln.key}"] = ln.site
-        bank_sites = {ln.bank_path: [x.site for x in members[ln.group]] for ln in links}
+            bank_sites[id(ln.bank)] = [x.site for x in members[ln.group]]
+            for q in ln.link.parameters():
+                added_site[id(q)] = ln.site
+            gate = _gate_of(after, ln)
+            if gate is not None:
+                for q in gate.parameters():
+                    added_site[id(q)] = ln.site
         stage_after: dict[str, float] = {}
         for name, p in after_params:
-            owner = name.rpartition(".")[0]
-            if name in bank_sites:
-                share = p.numel() / len(bank_sites[name])
-                for s in bank_sites[name]:
-                    stage_after[_stage(s)] = stage_after.get(_stage(s), 0.0) + share
+            if id(p) in bank_sites:
+                share = p.numel() / len(bank_sites[id(p)])
+                for site in bank_sites[id(p)]:
+                    stage_after[_stage(site)] = stage_after.get(_stage(site), 0.0) + share
                 continue
-            site = link_site.get(owner) or gate_site.get(owner)
-            stage = _stage(site) if site is not None else _stage(name)
+            stage = _stage(added_site[id(p)]) if id(p) in added_site else _stage(name)
             stage_after[stage] = stage_after.get(stage, 0.0) + p.numel()
+        sharing_params = [p for _, p in after_params if id(p) in bank_sites or id(p) in added_site]
         if before is not None:
             stage_before: dict[str, float] = {}
             for name, p in _unique_params(before):
@@ -730,10 +746,8 @@ class GraphDiff:
             # the original = the rewritten model minus what sharing added, plus the dense weights
             stage_before = {}
             for name, p in after_params:
-                owner = name.rpartition(".")[0]
-                if name in bank_sites or owner in link_site or owner in gate_site:
-                    continue
-                stage_before[_stage(name)] = stage_before.get(_stage(name), 0) + p.numel()
+                if id(p) not in bank_sites and id(p) not in added_site:
+                    stage_before[_stage(name)] = stage_before.get(_stage(name), 0) + p.numel()
             for r in sites:
                 if r.shared:
                     stage_before[r.stage] = stage_before.get(r.stage, 0) + r.params_before
@@ -747,9 +761,7 @@ class GraphDiff:
         else:
             dense = sum(r.params_before * by_site[r.name].bank.element_size()
                         for r in sites if r.shared)
-            added = _bytes(p for n, p in after_params if n in bank_sites
-                           or n.rpartition(".")[0] in link_site or n.rpartition(".")[0] in gate_site)
-            bytes_before = _bytes(p for _, p in after_params) - added + dense
+            bytes_before = _bytes(p for _, p in after_params) - _bytes(sharing_params) + dense
             buf_before = _bytes(after.buffers())
         totals = Totals(
             params_before=int(params_before), params_after=params_after,
@@ -760,9 +772,13 @@ class GraphDiff:
 
         nodes: tuple[NodeChange, ...] = ()
         counts = None
-        if before is not None:
-            before_graphs = _trace_like(before, [p for p, _ in after_graphs], config)
-            nodes, counts = _diff_nodes(before_graphs, after_graphs, {ln.site for ln in links})
+        if before is not None and after_graphs:
+            try:
+                before_graphs = _trace_like(before, [p for p, _ in after_graphs], config)
+            except TracingError as exc:
+                log.warning("no node-level diff: %s", exc)
+            else:
+                nodes, counts = _diff_nodes(before_graphs, after_graphs, {ln.site for ln in links})
 
         onnx_diff = diff_onnx(*onnx) if isinstance(onnx, tuple) else onnx
         return cls(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Iterable, Sequence
 
-from .render_markdown import fmt_bytes, fmt_err, fmt_int, fmt_signed
+from .render_markdown import fmt_bytes, fmt_err, fmt_int, fmt_signed, fmt_signed_bytes
 from .svg import group_colors, sites_svg, stage_bars_svg
 
 __all__ = ["render_html", "CSP"]
@@ -98,10 +98,10 @@ def render_html(diff: Any) -> str:
             [["unique parameters", fmt_int(t.params_before), fmt_int(t.params_after),
               fmt_signed(t.params_after - t.params_before)],
              ["parameter bytes", _e(fmt_bytes(t.bytes_before)), _e(fmt_bytes(t.bytes_after)),
-              fmt_signed(t.bytes_after - t.bytes_before)],
+              _e(fmt_signed_bytes(t.bytes_after - t.bytes_before))],
              ["buffer bytes", _e(fmt_bytes(t.buffer_bytes_before)),
               _e(fmt_bytes(t.buffer_bytes_after)),
-              fmt_signed(t.buffer_bytes_after - t.buffer_bytes_before)]],
+              _e(fmt_signed_bytes(t.buffer_bytes_after - t.buffer_bytes_before))]],
             numeric=(1, 2, 3))]
     if diff.groups:
         body += ["<h2>Groups</h2>", _table(
@@ -178,7 +178,7 @@ def _onnx_html(d: Any) -> list[str]:
         ["", "before", "after", "change"],
         [["file", f"<code>{_e(a.path)}</code>", f"<code>{_e(b.path)}</code>", ""],
          ["file bytes", _e(fmt_bytes(a.file_bytes)), _e(fmt_bytes(b.file_bytes)),
-          fmt_signed(b.file_bytes - a.file_bytes)],
+          _e(fmt_signed_bytes(b.file_bytes - a.file_bytes))],
          ["initializer bytes", fmt_int(a.initializer_bytes), fmt_int(b.initializer_bytes),
           fmt_signed(b.initializer_bytes - a.initializer_bytes)],
          ["nodes", a.nodes, b.nodes, fmt_signed(b.nodes - a.nodes)]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-__all__ = ["render_markdown", "md_table", "fmt_int", "fmt_err", "fmt_bytes"]
+__all__ = ["render_markdown", "md_table", "fmt_int", "fmt_err", "fmt_bytes", "fmt_signed", "fmt_signed_bytes"]
 
 _DASH = "–"
 
@@ -23,6 +23,10 @@ def fmt_int(n: float | int | None) -> str:
 
 def fmt_signed(n: int) -> str:
     return f"{n:+,}"
+
+
+def fmt_signed_bytes(n: int) -> str:
+    return ("+" if n >= 0 else "−") + fmt_bytes(abs(n))
 
 
 def fmt_err(x: float | None) -> str:
@@ -71,9 +75,9 @@ def render_markdown(diff: Any) -> str:
                 ["unique parameters", fmt_int(t.params_before), fmt_int(t.params_after),
                  fmt_signed(t.params_after - t.params_before)],
                 ["parameter bytes", fmt_bytes(t.bytes_before), fmt_bytes(t.bytes_after),
-                 fmt_signed(t.bytes_after - t.bytes_before)],
+                 fmt_signed_bytes(t.bytes_after - t.bytes_before)],
                 ["buffer bytes", fmt_bytes(t.buffer_bytes_before), fmt_bytes(t.buffer_bytes_after),
-                 fmt_signed(t.buffer_bytes_after - t.buffer_bytes_before)],
+                 fmt_signed_bytes(t.buffer_bytes_after - t.buffer_bytes_before)],
             ],
             right=(1, 2, 3),
         ), ""]
@@ -162,7 +166,7 @@ def _onnx_section(d: Any) -> list[str]:
             [
                 ["file", f"`{a.path}`", f"`{b.path}`", ""],
                 ["file bytes", fmt_bytes(a.file_bytes), fmt_bytes(b.file_bytes),
-                 fmt_signed(b.file_bytes - a.file_bytes)],
+                 fmt_signed_bytes(b.file_bytes - a.file_bytes)],
                 ["initializer bytes", fmt_int(a.initializer_bytes), fmt_int(b.initializer_bytes),
                  fmt_signed(b.initializer_bytes - a.initializer_bytes)],
                 ["initializers", len(a.initializers), len(b.initializers),
