@@ -585,7 +585,9 @@ class GraphDiff:
             after=result.model, before=original, config=result.config,
             params_before=result.params_before, skipped=dict(result.plan.skipped),
             init_errors=init_errors, finetuned=finetuned, export=export, metrics=metrics,
-            onnx=onnx, title=title or f"sharedft-fx report: {type(original or result.model).__name__}",
+            onnx=onnx,
+            title=title or "sharedft-fx report: "
+            + type(result.model if original is None else original).__name__,
             source="transform", output_error=result.output_error,
             trace=result.trace.to_dict(),
         )

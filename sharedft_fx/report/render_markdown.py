@@ -26,7 +26,7 @@ def fmt_signed(n: int) -> str:
 
 
 def fmt_signed_bytes(n: int) -> str:
-    return ("+" if n >= 0 else "−") + fmt_bytes(abs(n))
+    return ("+" if n >= 0 else "-") + fmt_bytes(abs(n))
 
 
 def fmt_err(x: float | None) -> str:
