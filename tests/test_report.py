@@ -15,7 +15,6 @@ from torch import nn
 
 import sharedft_fx
 from sharedft_fx.errors import InputError
-from sharedft_fx.passes.share_conv_weights import link_key
 from sharedft_fx.report import ExportInfo, GraphDiff, Metrics, load_schema, site_weight_errors
 
 from _report_models import small_net

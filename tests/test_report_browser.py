@@ -21,7 +21,16 @@ from _chromium import chromium_problem, find_chromium, render
 
 CHROMIUM = find_chromium()
 _PROBLEM = chromium_problem(CHROMIUM)
-pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+needs_chromium = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+
+
+def test_skip_reasons_say_why(tmp_path):
+    assert "not installed" in chromium_problem(None)
+    broken = tmp_path / "chromium"
+    broken.write_text("#!/bin/sh\necho 'cannot open display' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    reason = chromium_problem(str(broken))
+    assert "cannot render" in reason and "cannot open display" in reason
 
 
 class _SvgSites(HTMLParser):
@@ -45,6 +54,7 @@ class _SvgSites(HTMLParser):
             self.depth -= 1
 
 
+@needs_chromium
 def test_console_errors_are_detected(tmp_path):
     bad = tmp_path / "bad.html"
     bad.write_text("<!DOCTYPE html><p>x</p><script>missingFunction();</script>", encoding="utf-8")
@@ -52,6 +62,7 @@ def test_console_errors_are_detected(tmp_path):
     assert any("missingFunction" in m for m in got.console)
 
 
+@needs_chromium
 def test_resnet50_report_renders(tmp_path):
     import torchvision
 
