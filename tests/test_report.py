@@ -306,3 +306,19 @@ def test_unshared_untraceable_modules_report_without_node_diff():
     assert d.groups == () and d.node_counts is None
     assert d.totals.params_before == d.totals.params_after
     assert d.totals.conv_sites == 12  # plain nn.Conv2d modules (no annotations to read)
+
+
+def test_graph_without_annotations_reads_the_same(small):
+    """A shared model whose node.meta was lost (e.g. unpickled) is read from its structure."""
+    model, result = small
+    stripped = copy.deepcopy(result.model)
+    for node in stripped.graph.nodes:
+        node.meta.clear()
+    ref = GraphDiff.from_modules(model, result.model, skipped=result.plan.skipped)
+    got = GraphDiff.from_modules(model, stripped, skipped=result.plan.skipped)
+    assert [s.name for s in got.sites] == [s.name for s in ref.sites]
+    assert [s.group for s in got.sites] == [s.group for s in ref.sites]
+    assert got.groups == ref.groups and got.totals == ref.totals
+    assert got.stages == ref.stages
+    assert {n.site for n in got.nodes if n.kind == "rewritten"} == {
+        n.site for n in ref.nodes if n.kind == "rewritten"}

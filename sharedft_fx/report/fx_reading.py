@@ -32,7 +32,7 @@ from ..passes.find_conv_sites import SITE_KEY, ConvUse
 from ..passes.share_conv_weights import REWRITTEN_KEY, link_key
 from ..tracing import CONV_TYPES, _resolve_autowrap, _trace_one, graph_modules
 
-__all__ = ["NodeChange", "NodeCounts", "site_weight_errors"]
+__all__ = ["NodeChange", "NodeCounts", "site_weight_errors", "weight_owner_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _read_shared(after: nn.Module) -> tuple[list[_Link], dict[str, ConvUse], lis
                     if bank_node.op != "get_attr":
                         continue
                     key = str(node.target).rpartition(".")[2]
-                    site = node.meta.get(REWRITTEN_KEY) or _join(prefix, key)
+                    site = node.meta.get(REWRITTEN_KEY) or key  # keys derive from full paths
                     if site in seen:
                         continue
                     seen.add(site)
@@ -130,6 +130,21 @@ def _read_shared(after: nn.Module) -> tuple[list[_Link], dict[str, ConvUse], lis
                         link_path=_join(prefix, str(node.target)),
                     ))
                     order.append((site, "shared"))
+                    continue
+                if SITE_KEY not in node.meta and _plain_conv(mod):
+                    # a conv left unshared in a graph that lost its annotations
+                    node_site = _join(prefix, str(node.target))
+                    w = mod.weight
+                    use = ConvUse(
+                        site=node_site, param=f"{node_site}.weight", use="module", order=len(order),
+                        weight_shape=tuple(w.shape), conv_groups=mod.groups,
+                        dims=w.dim() - 2, dtype=str(w.dtype).removeprefix("torch."),
+                        device=str(w.device),
+                    )
+                    if node_site not in seen:
+                        seen.add(node_site)
+                        unshared[node_site] = use
+                        order.append((node_site, "unshared"))
                     continue
             use = node.meta.get(SITE_KEY)
             if isinstance(use, ConvUse) and use.site not in seen:
@@ -147,6 +162,20 @@ def _gate_of(module: nn.Module, ln: "_Link") -> nn.Module | None:
     except AttributeError:
         return None
     return gate if isinstance(gate, SkipGate) else None
+
+
+def weight_owner_paths(module: nn.Module) -> dict[str, str]:
+    """Link key -> module path, for every module owning a conv-shaped (>= 3-D) parameter."""
+    out: dict[str, str] = {}
+    for name, p in module.named_parameters():
+        if p.dim() >= 3:
+            owner = name.rpartition(".")[0]
+            out.setdefault(link_key(owner), owner)
+    return out
+
+
+def _plain_conv(module: nn.Module) -> bool:
+    return isinstance(module, CONV_TYPES) and isinstance(module.weight, nn.Parameter)
 
 
 def _plain_sites(module: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -283,7 +312,7 @@ def site_weight_errors(original: nn.Module, shared: nn.Module) -> dict[str, floa
     after fine-tuning.
     """
     links, _, _ = _read_shared(shared)
-    paths = {link_key(p): p for p in _plain_sites(original)}
+    paths = weight_owner_paths(original)
     out: dict[str, float] = {}
     with torch.no_grad():
         for ln in links:

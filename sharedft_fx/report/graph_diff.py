@@ -52,6 +52,7 @@ from .fx_reading import (
     _trace_like,
     _unique_params,
     site_weight_errors,
+    weight_owner_paths,
 )
 from .onnx_diff import OnnxDiff, bank_group, diff_onnx, link_site_key
 
@@ -403,7 +404,7 @@ class GraphDiff:
                 after_graphs, links, unshared, order = [], [], {}, []
         if before is not None and any(ln.site == ln.key for ln in links):
             # links without annotations are named by key: map keys back to module paths
-            paths = {link_key(p): p for p in _plain_sites(before)}
+            paths = weight_owner_paths(before)
             links = [dataclasses.replace(ln, site=paths.get(ln.key, ln.site)) for ln in links]
             order = [(paths.get(s, s) if kind == "shared" else s, kind) for s, kind in order]
         metrics_obj = Metrics.coerce(metrics) if metrics is not None else None
@@ -546,9 +547,6 @@ class GraphDiff:
         for name, n in self.export.initializer_bytes.items():
             key = link_site_key(name)
             group = key_group.get(key) if key else None
-            if group is None and key:
-                group = next((g for k, g in key_group.items() if k.endswith(key) or
-                              key.endswith(k)), None)
             if group is not None:
                 out[group] = out.get(group, 0) + n
         return out
