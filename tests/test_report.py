@@ -17,7 +17,7 @@ import sharedft_fx
 from sharedft_fx.errors import InputError
 from sharedft_fx.report import ExportInfo, GraphDiff, Metrics, load_schema, site_weight_errors
 
-from _report_models import small_net
+from ._report_models import small_net
 
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 

@@ -17,7 +17,7 @@ from torch import nn
 import sharedft_fx
 from sharedft_fx.report import GraphDiff
 
-from _chromium import chromium_problem, find_chromium, render
+from ._chromium import chromium_problem, find_chromium, render
 
 CHROMIUM = find_chromium()
 _PROBLEM = chromium_problem(CHROMIUM)
