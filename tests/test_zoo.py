@@ -9,6 +9,7 @@ import torchvision
 import sharedft_fx
 from sharedft_fx import ShareConfig, transform
 from sharedft_fx.model_spec import no_download_kwargs
+from sharedft_fx.numerics import flatten_tensors
 
 ZOO = {
     "resnet18": (1, 3, 64, 64),
@@ -60,7 +61,10 @@ def test_full_rank_matches_eager(name: str) -> None:
     result = transform(model, x, ShareConfig(rank="full"))
     ref = run(model, x)
     out = run(result.model, x)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # rtol 1e-4, atol 1e-5 relative to the output scale: random-init nets reach 1e9 here
+    # (inception_v3), where one-ulp weight differences leave absolute errors far above 1e-5
+    scale = max(1.0, max(float(t.abs().max()) for t in flatten_tensors(ref)[0] if t.numel()))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * scale)
     assert result.output_error <= 1e-5
     if name != "swin_t":  # swin_t's only convolution is its stem
         assert result.modified and result.groups

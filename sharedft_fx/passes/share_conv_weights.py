@@ -222,12 +222,12 @@ class ShareConvWeights(Pass):
 def _exact_factors(
     weight: torch.Tensor, bank: torch.Tensor, scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Full-rank factors (identity and residual) with which the link rebuilds `weight` bit for bit.
+    """Full-rank factors (identity and residual) that rebuild `weight` to within one ulp.
 
     The link computes ``base + B @ A`` in the weight's dtype; a product with an identity matrix
-    rounds nothing, and the residual is nudged by one ulp where ``base + r`` would round away
-    from the original value. At full rank the rewritten model then computes what the original
-    computed.
+    rounds nothing, and the residual is nudged by one ulp where another representable residual
+    makes ``base + r`` round to the original value. Where the residual's binade is coarser than
+    the weight's, no float residual can: those elements keep an error of one ulp.
     """
     out = weight.shape[0]
     w = weight.reshape(out, -1)
