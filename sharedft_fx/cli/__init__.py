@@ -32,6 +32,8 @@ __all__ = ["main", "COMMANDS"]
 # subcommand name -> module (relative to this package) defining add_parser() and run()
 COMMANDS: dict[str, str] = {
     "transform": ".transform_cmd",
+    "finetune": ".finetune_cmd",
+    "demo": ".demo_cmd",
 }
 
 
