@@ -49,3 +49,35 @@ def tiny_setup(seed: int = 0, n_train: int = 128, rank: int = 2):
         teacher, x[:4], sharedft_fx.ShareConfig(rank=rank, min_site_params=0)
     )
     return teacher, result, train, val
+
+
+class NoisyDigits(torch.utils.data.Dataset):
+    """Digits with Gaussian noise drawn from the global torch RNG (so resumption must restore it);
+    calls `on_item[1]()` when item number `on_item[0]` is read."""
+
+    def __init__(self, base: TensorDataset, on_item: tuple | None = None) -> None:
+        self.base, self.on_item, self.reads = base, on_item, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        if self.on_item is not None and self.reads == self.on_item[0]:
+            self.on_item[1]()
+        x, y = self.base[i]
+        return x + 0.05 * torch.randn_like(x), y
+
+
+RESUME_CONFIG = dict(epochs=2, batch_size=16, lr=3e-3, checkpoint_every=3, warmup_steps=2,
+                     progress=False, seed=3)
+
+
+def resume_case(on_item: tuple | None = None):
+    """(teacher, shared model, noisy train set, val set, config) of the resume tests:
+    64 samples, batch 16 -> 4 steps an epoch, 2 epochs, a checkpoint every 3 steps."""
+    from sharedft_fx import FinetuneConfig
+
+    teacher, result, train, val = tiny_setup(n_train=64)
+    return (teacher, result.model, NoisyDigits(train, on_item), val,
+            FinetuneConfig(**RESUME_CONFIG))

@@ -450,7 +450,7 @@ def _finetune(
             )
             _set_train_mode(student, config.freeze_bn_stats)
             bar = _progress(config, env, batches_per_epoch, batches_done, epoch)
-            t0, seen, loss_sum, n_loss = time.perf_counter(), 0, 0.0, 0
+            t0, seen = time.perf_counter(), 0
             for batch in loader:
                 if config.max_steps is not None and step >= config.max_steps:
                     break
@@ -490,8 +490,6 @@ def _finetune(
                 n = _logits(out_s).shape[0]
                 seen += n
                 loss_value = float(loss.detach())
-                loss_sum += loss_value
-                n_loss += 1
                 records.append({"kind": "step", "step": step, "epoch": epoch, "loss": loss_value,
                                 "lr": optimizer.param_groups[0]["lr"],
                                 **{k: float(v.detach()) for k, v in parts.items()}})
@@ -510,8 +508,9 @@ def _finetune(
                 log.warning("interrupted at step %d; resume with resume=True", step)
                 break
             elapsed = time.perf_counter() - t0
+            losses = [r["loss"] for r in records if r["kind"] == "step" and r["epoch"] == epoch]
             record = {"kind": "epoch", "epoch": epoch, "step": step,
-                      "train_loss": D.all_reduce_mean(loss_sum / max(n_loss, 1), env),
+                      "train_loss": D.all_reduce_mean(sum(losses) / max(len(losses), 1), env),
                       "seconds": elapsed, "samples_per_second": seen * env.world_size / elapsed
                       if elapsed > 0 else 0.0}
             if val_set is not None and config.eval_every_epoch:
