@@ -484,6 +484,8 @@ def _finetune(
                     torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+                group = optimizer.param_groups[0]
+                lr_now = config.lr * group["lr"] / group["initial_lr"]  # the step's base lr
                 scheduler.step()
                 step += 1
                 batches_done += 1
@@ -491,7 +493,7 @@ def _finetune(
                 seen += n
                 loss_value = float(loss.detach())
                 records.append({"kind": "step", "step": step, "epoch": epoch, "loss": loss_value,
-                                "lr": optimizer.param_groups[0]["lr"],
+                                "lr": lr_now,
                                 **{k: float(v.detach()) for k, v in parts.items()}})
                 if bar is not None:
                     bar.update(1)
