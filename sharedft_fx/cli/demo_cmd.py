@@ -17,11 +17,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", help="keep the ONNX files, checkpoints and metrics here")
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX export (torch latency)")
     p.add_argument("--json", help="also write the table as JSON to this file")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     plan = FAST if args.fast else FULL
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.no_onnx:
         plan = dataclasses.replace(plan, onnx=False)
     start = time.perf_counter()

@@ -11,9 +11,8 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..finetuning import FinetuneConfig, finetune
 from ..finetuning._bn import _recalibrate_bn
 from ..io import atomic_path, read_json, sha256_file, write_json_atomic
