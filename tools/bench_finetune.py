@@ -22,11 +22,7 @@ from sharedft_fx.finetuning._bn import _recalibrate_bn
 from sharedft_fx.io import write_json_atomic
 from sharedft_fx.reference_nets import evaluate_accuracy, trained_reference
 
-RECIPE = FinetuneConfig(
-    epochs=3, optimizer="adamw", lr=5e-4, warmup_steps=10, min_lr_ratio=0.0, bank_lr_scale="1/k",
-    weight_decay=0.0, residual_weight_decay=1e-4, grad_clip=1.0, temperature=2.0,
-    distill_weight=1.0, label_weight=0.5, freeze_bn_stats=True, batch_size=64, progress=False,
-)
+RECIPE = FinetuneConfig(epochs=3, progress=False)  # the defaults are the recipe
 NAIVE = FinetuneConfig(
     epochs=5, optimizer="sgd", lr=0.02, bank_lr_scale="none", weight_decay=0.0,
     residual_weight_decay=0.0, grad_clip=None, temperature=2.0, distill_weight=1.0,
