@@ -298,10 +298,13 @@ def finetune(
     train_set = _as_dataset(train_data, "train_data")
     val_set = _as_dataset(val_data, "val_data") if val_data is not None else None
     env = D.setup(device)
+    teacher_flags = [(m, m.training) for m in teacher.modules()]
     try:
         return _finetune(model, teacher, train_set, val_set, config, env,
                          Path(output_dir) if output_dir is not None else None, resume)
     finally:
+        for m, flag in teacher_flags:  # the teacher ran in eval mode; give it back as it was
+            m.training = flag
         D.teardown(env)
 
 
@@ -334,7 +337,6 @@ def _finetune(
 
     student = copy.deepcopy(model).to(env.device)
     teacher = teacher_in if env.device.type == "cpu" else copy.deepcopy(teacher_in).to(env.device)
-    teacher_flags = [(m, m.training) for m in teacher.modules()]
     teacher.eval()
 
     # ---- preflight: every input problem is an error before the first step
@@ -535,8 +537,6 @@ def _finetune(
         student.load_state_dict(best["state"])
     if metrics_path is not None and env.is_main:
         _write_metrics(metrics_path, records)
-    for m, flag in teacher_flags:
-        m.training = flag
     student.train(model.training)
     return FinetuneResult(
         model=student, history=history, steps=step, epochs_done=epoch,
