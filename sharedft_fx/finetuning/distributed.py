@@ -46,7 +46,8 @@ def setup(device: str | torch.device | None = None) -> DistEnv:
     if dist.is_available() and dist.is_initialized():
         world = dist.get_world_size()
     elif world > 1:
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        on_cpu = device is not None and torch.device(device).type == "cpu"
+        backend = "nccl" if torch.cuda.is_available() and not on_cpu else "gloo"
         dist.init_process_group(backend=backend)
         owns = True
         log.info("initialised process group (%s, world size %d)", backend, world)
