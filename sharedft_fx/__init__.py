@@ -21,6 +21,7 @@ from .errors import (
     UntrustedFileError,
     VerificationError,
 )
+from .finetuning import FinetuneConfig, FinetuneResult, finetune
 from .planning import SharingPlan
 from .result import GroupReport, SiteReport, TransformResult, count_parameters
 from .serialization import load, save
@@ -32,6 +33,9 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "transform",
+    "finetune",
+    "FinetuneConfig",
+    "FinetuneResult",
     "save",
     "load",
     "ShareConfig",

@@ -1,9 +1,13 @@
+"""Test settings: one intra-op thread per process (pytest runs two workers on the 2 CI cores),
+seeded randomness, quiet logs, and a cache for trained reference nets inside the checkout."""
+
 import logging
 import os
 
 import pytest
 import torch
 
+torch.set_num_threads(1)
 os.environ.setdefault("SHAREDFT_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache"))
 
 

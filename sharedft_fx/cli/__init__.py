@@ -34,6 +34,8 @@ COMMANDS: dict[str, str] = {
     "transform": ".transform_cmd",
     "report": ".report_cmd",
     "diff": ".diff_cmd",
+    "finetune": ".finetune_cmd",
+    "demo": ".demo_cmd",
 }
 
 
