@@ -144,7 +144,8 @@ def transform(
     work = _detached_copy(model)
     root, trace = trace_model(work, args, config)
     pipeline = default_pipeline(config, plan, example_inputs=args)
-    check = OutputCheck(args, reference, FULL_RANK_TOLERANCE) if config.verify else None
+    tolerance = _tolerance(model, FULL_RANK_TOLERANCE)
+    check = OutputCheck(args, reference, tolerance) if config.verify else None
     results = PassManager(pipeline, check)(root)
     group_pass = next(p for p in pipeline if isinstance(p, GroupConvSites))
     share_pass = next(p for p in pipeline if isinstance(p, ShareConvWeights))
@@ -161,7 +162,7 @@ def transform(
     _unalias(new, model)
     new.train(model.training)
     if config.verify:
-        _verify_wiring(new, model, share_pass, args, reference)
+        _verify_wiring(new, model, share_pass, args, reference, _tolerance(model, VERIFY_TOLERANCE))
     output_error = tree_relative_error(_run(new, args), reference)
     errors = {s.site: s for s in share_pass.sites}
     groups = tuple(
@@ -186,14 +187,25 @@ def transform(
     return result
 
 
+def _tolerance(model: nn.Module, base: float) -> float:
+    """`base` for float32/64 models; a few machine epsilons of the least precise float dtype."""
+    eps = [torch.finfo(p.dtype).eps for p in model.parameters() if p.is_floating_point()]
+    return max([base] + [8 * e for e in eps if e > torch.finfo(torch.float32).eps])
+
+
 def _verify_wiring(
-    new: nn.Module, original: nn.Module, share_pass: ShareConvWeights, args: tuple, reference: Any
+    new: nn.Module,
+    original: nn.Module,
+    share_pass: ShareConvWeights,
+    args: tuple,
+    reference: Any,
+    tolerance: float,
 ) -> None:
     """Feed every link its site's original weight: the graph must reproduce the original model."""
     feeds = {link: original.get_parameter(param) for param, link in share_pass.links.items()}
     with feed_weights(feeds):
         err = tree_relative_error(_run(new, args), reference)
-    if not err <= VERIFY_TOLERANCE:
+    if not err <= tolerance:
         raise VerificationError(
             f"the rewritten graph does not reproduce the original model when fed the original "
             f"weights (relative error {err:.3e}); this is a bug in sharedft-fx, please report it "
