@@ -39,7 +39,7 @@ __all__ = ["transform", "as_args", "eval_mode", "check_finite", "VERIFY_TOLERANC
 log = logging.getLogger(__name__)
 
 VERIFY_TOLERANCE = 1e-5
-FULL_RANK_TOLERANCE = 1e-4
+PASS_CHECK_TOLERANCE = 1e-4
 
 
 def as_args(example_inputs: Any) -> tuple:
@@ -144,7 +144,7 @@ def transform(
     work = _detached_copy(model)
     root, trace = trace_model(work, args, config)
     pipeline = default_pipeline(config, plan, example_inputs=args)
-    tolerance = _tolerance(model, FULL_RANK_TOLERANCE)
+    tolerance = _tolerance(model, PASS_CHECK_TOLERANCE)
     check = OutputCheck(args, reference, tolerance) if config.verify else None
     results = PassManager(pipeline, check)(root)
     group_pass = next(p for p in pipeline if isinstance(p, GroupConvSites))
