@@ -90,11 +90,18 @@ def _residual_basis(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return sigma, evecs[:, order], left
 
 
+_OVERSAMPLE = 10
+_POWER_ITERATIONS = 3
+
+
 def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Truncated SVD factors (B, A) with B @ A the best rank-`rank` approximation of `residual`.
 
     `residual` is 2-D (out, fan_in) and should be float64; the factors keep its dtype. At full
-    rank B @ A reproduces the residual to float64 precision.
+    rank B @ A reproduces the residual exactly (identity factorisation). For a rank far below
+    the full one, the top singular subspace is found by randomised subspace iteration with a
+    fixed seed (deterministic, within a hair of the optimum; Halko et al. 2011); otherwise by
+    an eigen-decomposition of the smaller Gram matrix.
 
     >>> r = torch.randn(4, 6, dtype=torch.float64)
     >>> b, a = lowrank_factors(r, 4)
@@ -110,12 +117,31 @@ def lowrank_factors(residual: torch.Tensor, rank: int) -> tuple[torch.Tensor, to
         # a product with an identity matrix rounds nothing (truncated SVD would round twice)
         eye = torch.eye(rank, dtype=residual.dtype, device=residual.device)
         return (eye, residual.clone()) if m <= n else (residual.clone(), eye)
+    if 4 * (rank + _OVERSAMPLE) <= min(m, n):
+        top = _randomized_range(residual, rank)  # m x rank, orthonormal
+        return top.contiguous(), (top.T @ residual).contiguous()
     _, basis, left = _residual_basis(residual)
     top = basis[:, :rank]
     if left:  # residual ≈ U_r (U_rᵀ R): B = U_r, A = U_rᵀ R = S_r V_rᵀ
         return top.contiguous(), (top.T @ residual).contiguous()
     # residual ≈ (R V_r) V_rᵀ: B = U_r S_r, A = V_rᵀ
     return (residual @ top).contiguous(), top.T.contiguous()
+
+
+def _randomized_range(residual: torch.Tensor, rank: int) -> torch.Tensor:
+    """Orthonormal basis of the (approximate) top-`rank` left singular subspace."""
+    m, n = residual.shape
+    width = rank + _OVERSAMPLE
+    gen = torch.Generator(device=residual.device).manual_seed(0)
+    omega = torch.randn(n, width, generator=gen, dtype=residual.dtype, device=residual.device)
+    q, _ = torch.linalg.qr(residual @ omega)
+    for _ in range(_POWER_ITERATIONS):
+        z, _ = torch.linalg.qr(residual.T @ q)
+        q, _ = torch.linalg.qr(residual @ z)
+    small = q.T @ residual  # width x n: exact SVD of the projection via its Gram matrix
+    evals, evecs = torch.linalg.eigh(small @ small.T)
+    order = torch.argsort(evals, descending=True)[:rank]
+    return q @ evecs[:, order]
 
 
 def rank_for_tolerance(residual: torch.Tensor, reference_norm: float, tolerance: float) -> int:

@@ -125,8 +125,8 @@ class ShareConvWeights(Pass):
         if self.initialize:
             total = torch.zeros(group.weight_shape, dtype=torch.float64, device=ref.device)
             for w in weights:
-                total += w.detach().to(torch.float64)
-            bank = (total / len(weights)).to(ref.dtype)
+                total.add_(w.detach())
+            bank = total.div_(len(weights)).to(ref.dtype)
             del total
         else:
             bank = torch.zeros(group.weight_shape, dtype=ref.dtype, device=ref.device)
@@ -162,23 +162,27 @@ class ShareConvWeights(Pass):
             link = make_link(kind, **{k: v for k, v in zeros.items() if _needs(kind, k)})
             _requires_grad(link, weight.requires_grad)
             return link, float("nan")
-        w64 = weight.detach().to(torch.float64).reshape(out, -1)
-        base = bank64
+        # float64 temporaries are freed as soon as possible: peak memory is one bank and one
+        # residual of the largest layer, not several copies of it
+        residual = weight.detach().to(torch.float64).reshape(out, -1)
+        norm = torch.linalg.vector_norm(residual).item()
         scale = None
         if kind in ("scale", "lowrank+scale"):
-            scale = channel_scale(w64, bank64).to(dtype)
-            base = bank64 * scale.to(torch.float64)[:, None]
+            scale = channel_scale(residual, bank64).to(dtype)
+            residual -= bank64 * scale.to(torch.float64)[:, None]
+        else:
+            residual -= bank64
         b = a = None
-        approx = base
         if lowrank and rank >= min(out, fan_in):
             b, a = _exact_factors(weight.detach(), bank64.to(dtype), scale)
-            approx = base + b.to(torch.float64) @ a.to(torch.float64)
+            residual -= b.to(torch.float64) @ a.to(torch.float64)
         elif lowrank:
-            b64, a64 = lowrank_factors(w64 - base, rank)
+            b64, a64 = lowrank_factors(residual, rank)
             b, a = b64.to(dtype), a64.to(dtype)
-            approx = base + b.to(torch.float64) @ a.to(torch.float64)
-        norm = torch.linalg.vector_norm(w64).item()
-        diff = torch.linalg.vector_norm(w64 - approx).item()
+            del b64, a64
+            residual -= b.to(torch.float64) @ a.to(torch.float64)
+        diff = torch.linalg.vector_norm(residual).item()
+        del residual
         err = diff / norm if norm > 0 else diff
         tensors = {"scale": scale, "b": b, "a": a}
         link = make_link(kind, **{k: v for k, v in tensors.items() if v is not None})
