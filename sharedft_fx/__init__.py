@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from .calibration import recalibrate_bn
 from .config import ShareConfig
 from .errors import (
     BudgetError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "transform",
+    "recalibrate_bn",
     "save",
     "load",
     "ShareConfig",
