@@ -177,6 +177,10 @@ def find_channel_chains(gm: fx.GraphModule, prefix: str = "") -> list[ChannelCha
     return chains
 
 
+def _sq(t: torch.Tensor) -> float:
+    return float(t.pow(2).sum(dtype=torch.float64))
+
+
 def _permute(module: nn.Module, name: str, perm: torch.Tensor, dim: int) -> None:
     """Replace (never modify in place) a parameter or buffer by its permuted copy."""
     value = getattr(module, name, None)
@@ -246,14 +250,15 @@ class AlignChannels(Pass):
                   for c in find_channel_chains(gm, prefix)]
         groups = [g for g in self._groups(module) if len(g) >= 2]
         group_of = {s: gi for gi, g in enumerate(groups) for s in g}
-        weights = {s: module.get_parameter(_join(s, "weight")).detach().to(torch.float64)
+        # float32 copies: the similarity only ranks channel pairs; squared norms summed in float64
+        weights = {s: module.get_parameter(_join(s, "weight")).detach().to(torch.float32)
                    for g in groups for s in g}
         sums = [torch.stack([weights[s] for s in g]).sum(0) for g in groups]
-        norms = sum(float(w.pow(2).sum()) for w in weights.values())
+        norms = sum(_sq(w) for w in weights.values())
         # sum_i ||W_i - mean||² = sum_i ||W_i||² - ||sum_i W_i||² / k, and permutations keep
         # ||W_i||²: only the squared norm of each group's sum moves
-        fixed = [sum(float(weights[s].pow(2).sum()) for s in g) for g in groups]
-        energy = [fixed[gi] - float(sums[gi].pow(2).sum()) / len(g) for gi, g in enumerate(groups)]
+        fixed = [sum(_sq(weights[s]) for s in g) for g in groups]
+        energy = [fixed[gi] - _sq(sums[gi]) / len(g) for gi, g in enumerate(groups)]
         before = sum(energy)
         affected = []
         for chain in chains:
@@ -271,8 +276,8 @@ class AlignChannels(Pass):
                 for s, dim in moves:
                     w = weights[s]
                     others = sums[group_of[s]] - w
-                    w2 = w.movedim(dim, 0).reshape(chain.channels, -1).to(torch.float32)
-                    o2 = others.movedim(dim, 0).reshape(chain.channels, -1).to(torch.float32)
+                    w2 = w.movedim(dim, 0).reshape(chain.channels, -1)
+                    o2 = others.movedim(dim, 0).reshape(chain.channels, -1)
                     score += o2 @ w2.T  # score[a, b]: new channel a takes old channel b
                 _, cols = linear_sum_assignment(score.numpy(), maximize=True)
                 perm = torch.as_tensor(cols, dtype=torch.long)
@@ -283,10 +288,10 @@ class AlignChannels(Pass):
                 for s, w in moved.items():
                     gi = group_of[s]
                     new_sums[gi] = new_sums.get(gi, sums[gi]) - weights[s] + w
-                new_energy = {gi: fixed[gi] - float(t.pow(2).sum()) / len(groups[gi])
+                new_energy = {gi: fixed[gi] - _sq(t) / len(groups[gi])
                               for gi, t in new_sums.items()}
                 old = sum(energy[gi] for gi in new_sums)
-                if sum(new_energy.values()) < old - 1e-9 * max(norms, 1e-30):
+                if sum(new_energy.values()) < old - 1e-6 * max(norms, 1e-30):
                     weights.update(moved)
                     for gi in new_sums:
                         sums[gi], energy[gi] = new_sums[gi], new_energy[gi]
