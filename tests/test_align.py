@@ -129,3 +129,14 @@ def test_pipeline_order_and_catalog() -> None:
     assert AlignChannels in ALL_PASSES
     for attr in ("name", "kind", "matches", "preconditions", "invariants", "before", "after"):
         assert getattr(AlignChannels, attr)
+
+
+def test_save_and_load_keep_the_aligned_weights(tmp_path) -> None:
+    model = _net("mobilenet")
+    x = torch.randn(2, 1, 16, 16)
+    result = sharedft_fx.transform(model, x, ShareConfig(rank=4, align=True, min_site_params=512))
+    assert result.alignment.permuted > 0
+    sharedft_fx.save(result, tmp_path / "saved")
+    loaded = sharedft_fx.load(build_reference("mobilenet").eval(), tmp_path / "saved")
+    with torch.no_grad():
+        assert tree_relative_error(loaded(x), result.model(x)) <= 1e-6

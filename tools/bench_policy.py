@@ -36,10 +36,10 @@ log = logging.getLogger("bench_policy")
 NETS = ("resnet", "vgg", "mobilenet")
 RATIOS = (0.7, 0.5, 0.35)
 DEFAULT_EPOCHS = {"resnet": 30, "vgg": 15, "mobilenet": 15}
-RECAL_BATCHES = 16
+RECAL_BATCHES = 8
 
 
-def bench_net(name: str, epochs: int, ratios: tuple[float, ...]) -> dict:
+def bench_net(name: str, epochs: int, ratios: tuple[float, ...], aligned_only: bool) -> dict:
     model, info = trained_reference(name, epochs=epochs)
     train, _, test = digits_loaders(batch_size=64)
     x = next(iter(test))[0][:2]
@@ -54,8 +54,10 @@ def bench_net(name: str, epochs: int, ratios: tuple[float, ...]) -> dict:
             acc_raw = evaluate_accuracy(res.model, test)
             recalibrate_bn(res.model, train, batches=RECAL_BATCHES)
             acc_recal = evaluate_accuracy(res.model, test)
-            act = transform(model, x, cfg, calibration=train)
-            acc_act = evaluate_accuracy(act.model, test)
+            act_ratio = acc_act = None
+            if align or not aligned_only:
+                act = transform(model, x, cfg, calibration=train)
+                act_ratio, acc_act = act.ratio, evaluate_accuracy(act.model, test)
             a = res.alignment
             rows.append({
                 "ratio": ratio,
@@ -65,7 +67,7 @@ def bench_net(name: str, epochs: int, ratios: tuple[float, ...]) -> dict:
                 "groups": len(res.groups),
                 "acc_no_recal": acc_raw,
                 "acc_recal": acc_recal,
-                "params_kept_act": act.ratio,
+                "params_kept_act": act_ratio,
                 "acc_act_recal": acc_act,
                 "energy_before": a.energy_before if a else None,
                 "energy_after": a.energy_after if a else None,
@@ -80,6 +82,12 @@ def bench_net(name: str, epochs: int, ratios: tuple[float, ...]) -> dict:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.1f}"
+
+
+def _act(row: dict) -> str:
+    if row["params_kept_act"] is None:
+        return "not run"
+    return f"{row['params_kept_act']:.3f} / {_pct(row['acc_act_recal'])}"
 
 
 def markdown(results: list[dict], command: str, date: str) -> str:
@@ -111,7 +119,7 @@ def markdown(results: list[dict], command: str, date: str) -> str:
                 f"| {res['net']} ({_pct(res['test_accuracy'])}, {res['params'] / 1e6:.2f} M, "
                 f"{res['epochs']} ep) | {r['ratio']} | {'on' if r['align'] else 'off'} | {kept} | "
                 f"{_pct(r['acc_no_recal'])} | {_pct(r['acc_recal'])} | "
-                f"{r['params_kept_act']:.3f} / {_pct(r['acc_act_recal'])} | {energy} |"
+                f"{_act(r)} | {energy} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -123,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", nargs="+", default=[],
                         help="per-net training epochs as name=N (defaults: "
                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
+    parser.add_argument("--activation-aligned-only", action="store_true",
+                        help="run the activation-aware plan only with alignment on (saves time)")
     parser.add_argument("--out", default="out/bench_policy", help="folder of per-net JSON rows")
     parser.add_argument("--markdown", default="BENCHMARKS-policy.md")
     args = parser.parse_args(argv)
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.nets:
-        result = bench_net(name, epochs[name], tuple(args.ratios))
+        result = bench_net(name, epochs[name], tuple(args.ratios), args.activation_aligned_only)
         result["command"] = "python tools/bench_policy.py " + " ".join(argv or sys.argv[1:])
         result["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         (out / f"{name}.json").write_text(json.dumps(result, indent=1))
