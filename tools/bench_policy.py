@@ -39,7 +39,8 @@ DEFAULT_EPOCHS = {"resnet": 30, "vgg": 15, "mobilenet": 15}
 RECAL_BATCHES = 8
 
 
-def bench_net(name: str, epochs: int, ratios: tuple[float, ...], aligned_only: bool) -> dict:
+def bench_net(name: str, epochs: int, ratios: tuple[float, ...], aligned_only: bool,
+              activation: bool = True) -> dict:
     model, info = trained_reference(name, epochs=epochs)
     train, _, test = digits_loaders(batch_size=64)
     x = next(iter(test))[0][:2]
@@ -55,7 +56,7 @@ def bench_net(name: str, epochs: int, ratios: tuple[float, ...], aligned_only: b
             recalibrate_bn(res.model, train, batches=RECAL_BATCHES)
             acc_recal = evaluate_accuracy(res.model, test)
             act_ratio = acc_act = None
-            if align or not aligned_only:
+            if activation and (align or not aligned_only):
                 act = transform(model, x, cfg, calibration=train)
                 act_ratio, acc_act = act.ratio, evaluate_accuracy(act.model, test)
             a = res.alignment
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                         + ", ".join(f"{k}={v}" for k, v in DEFAULT_EPOCHS.items()) + ")")
     parser.add_argument("--activation-aligned-only", action="store_true",
                         help="run the activation-aware plan only with alignment on (saves time)")
+    parser.add_argument("--no-activation", action="store_true",
+                        help="skip the activation-aware plan (saves time)")
     parser.add_argument("--out", default="out/bench_policy", help="folder of per-net JSON rows")
     parser.add_argument("--markdown", default="BENCHMARKS-policy.md")
     args = parser.parse_args(argv)
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name in args.nets:
-        result = bench_net(name, epochs[name], tuple(args.ratios), args.activation_aligned_only)
+        result = bench_net(name, epochs[name], tuple(args.ratios), args.activation_aligned_only,
+                           not args.no_activation)
         result["command"] = "python tools/bench_policy.py " + " ".join(argv or sys.argv[1:])
         result["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         (out / f"{name}.json").write_text(json.dumps(result, indent=1))
