@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from .calibration import recalibrate_bn
 from .config import ShareConfig
 from .errors import (
     BudgetError,
@@ -36,6 +37,7 @@ __all__ = [
     "finetune",
     "FinetuneConfig",
     "FinetuneResult",
+    "recalibrate_bn",
     "save",
     "load",
     "ShareConfig",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 from .errors import ConfigError
 
@@ -86,6 +86,32 @@ class ShareConfig:
         "each site fed its original weight (must match to float precision).",
         default=True,
     )
+    target_ratio: Optional[float] = _help(
+        "Parameter budget: unique parameters after / before, in (0, 1]. When set, groups and "
+        "per-site ranks are chosen greedily by estimated error per parameter until the model "
+        "fits (rank and auto_tolerance are then ignored).",
+        default=None,
+    )
+    max_group_size: Optional[int] = _help(
+        "Largest number of sites that share one bank (>= 2): a shape group is split into runs "
+        "of consecutive sites of at most this size. None: one bank per shape group.",
+        default=None,
+    )
+    best_effort: bool = _help(
+        "When target_ratio cannot be reached, return the smallest reachable model (with a "
+        "warning) instead of raising BudgetError.",
+        default=False,
+    )
+    align: bool = _help(
+        "Permute block-internal channels (conv -> BN/activation -> conv chains) so that the "
+        "weights of each group line up before the bank is computed; leaves outputs unchanged.",
+        default=True,
+    )
+    calibration_batches: int = _help(
+        "Batches of calibration data used (when transform gets calibration=...) to capture "
+        "conv inputs for activation-aware error estimates and to recalibrate BatchNorm.",
+        default=16,
+    )
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude", "leaf_modules", "autowrap_functions"):
@@ -112,9 +138,31 @@ class ShareConfig:
             raise ConfigError(
                 f"ShareConfig.min_site_params must be an int >= 0, got {self.min_site_params!r}"
             )
-        for name in ("skip_first_conv", "skip_gates", "fallback", "verify"):
+        for name in ("skip_first_conv", "skip_gates", "fallback", "verify", "best_effort", "align"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"ShareConfig.{name} must be true or false")
+        ratio = self.target_ratio
+        if ratio is not None:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
+                raise ConfigError(
+                    f"ShareConfig.target_ratio must be a number in (0, 1] or None, got {ratio!r}"
+                )
+            if self.rank == "full":
+                raise ConfigError(
+                    "ShareConfig.target_ratio chooses the ranks itself; rank='full' (the exact "
+                    "mode) cannot be combined with it: drop one of the two"
+                )
+            object.__setattr__(self, "target_ratio", float(ratio))
+        size = self.max_group_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 2):
+            raise ConfigError(
+                f"ShareConfig.max_group_size must be an int >= 2 or None, got {size!r}"
+            )
+        batches = self.calibration_batches
+        if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
+            raise ConfigError(
+                f"ShareConfig.calibration_batches must be an int >= 1, got {batches!r}"
+            )
         for spec in self.autowrap_functions:
             if spec.count(":") != 1 or not all(spec.split(":")):
                 raise ConfigError(

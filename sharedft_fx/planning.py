@@ -24,6 +24,9 @@ __all__ = [
     "GroupPlan",
     "SharingPlan",
     "plan_sharing",
+    "shareable_pool",
+    "split_runs",
+    "candidate_runs",
     "link_params",
     "group_name",
 ]
@@ -145,12 +148,11 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def plan_sharing(
-    candidates: Sequence[SiteCandidate],
-    config: ShareConfig,
-    weight_of: Callable[[str], torch.Tensor],
-) -> SharingPlan:
-    """The default plan: shape groups, filters, configured ranks, and the never-grow guard."""
+def shareable_pool(
+    candidates: Sequence[SiteCandidate], config: ShareConfig
+) -> tuple[list[SiteCandidate], dict[str, str]]:
+    """Sites that pass the filters (eligibility, stem, size, include/exclude), in execution order,
+    and the others with the reason."""
     skipped: dict[str, str] = {}
     ordered = sorted(candidates, key=lambda c: c.order)
     pool = []
@@ -167,15 +169,76 @@ def plan_sharing(
             skipped[c.site] = "matched by exclude"
         else:
             pool.append(c)
+    return pool, skipped
+
+
+def split_runs(members: Sequence[SiteCandidate], max_size: int | None) -> list[list[SiteCandidate]]:
+    """Consecutive runs of at most `max_size` sites, as even in size as possible.
+
+    >>> [len(r) for r in split_runs(list(range(7)), 3)]   # doctest: +SKIP
+    [3, 2, 2]
+    """
+    members = list(members)
+    if max_size is None or len(members) <= max_size:
+        return [members]
+    count = -(-len(members) // max_size)
+    base, extra = divmod(len(members), count)
+    runs, start = [], 0
+    for i in range(count):
+        size = base + (1 if i < extra else 0)
+        runs.append(members[start:start + size])
+        start += size
+    return runs
+
+
+def candidate_runs(
+    candidates: Sequence[SiteCandidate], config: ShareConfig
+) -> tuple[list[list[SiteCandidate]], dict[str, str]]:
+    """Shape groups of the shareable sites, split into runs of <= max_group_size; runs of one site
+    are returned as skipped with the reason."""
+    pool, skipped = shareable_pool(candidates, config)
     by_key: dict[tuple, list[SiteCandidate]] = defaultdict(list)
     for c in pool:
         by_key[c.key].append(c)
-    groups: list[GroupPlan] = []
+    runs: list[list[SiteCandidate]] = []
     for members in by_key.values():
+        for run in split_runs(members, config.max_group_size):
+            if len(run) < 2:
+                skipped[run[0].site] = (
+                    f"no other shareable convolution has weight shape {run[0].weight_shape}"
+                    + (" in its run (max_group_size)" if len(members) > 1 else "")
+                )
+            else:
+                runs.append(run)
+    return runs, skipped
+
+
+def plan_sharing(
+    candidates: Sequence[SiteCandidate],
+    config: ShareConfig,
+    weight_of: Callable[[str], torch.Tensor],
+    *,
+    total_params: int | None = None,
+    site_inputs: Mapping[str, torch.Tensor] | None = None,
+) -> SharingPlan:
+    """The plan: shape groups (split into runs of <= max_group_size), filters, ranks, and the
+    never-grow guard.
+
+    With ``config.target_ratio`` set this dispatches to the budget planner
+    (`sharedft_fx.budget.plan_budget`), which needs `total_params` (the model's unique
+    parameters) and uses `site_inputs` (sampled input patches per site) for activation-aware
+    error estimates when given.
+    """
+    if config.target_ratio is not None:
+        from .budget import plan_budget
+
+        if total_params is None:
+            raise InputError("a target_ratio plan needs the model's total parameter count")
+        return plan_budget(candidates, config, weight_of, total_params, site_inputs)
+    runs, skipped = candidate_runs(candidates, config)
+    groups: list[GroupPlan] = []
+    for members in runs:
         shape = members[0].weight_shape
-        if len(members) < 2:
-            skipped[members[0].site] = f"no other shareable convolution has weight shape {shape}"
-            continue
         ranks = _ranks(members, config, weight_of)
         plan = GroupPlan(
             name=group_name(len(groups), shape),

@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from .config import ShareConfig
+from .passes.align_channels import AlignmentReport
 from .passes.base import PassResult
 from .planning import SharingPlan
 from .tracing import TraceReport
@@ -68,6 +69,9 @@ class TransformResult:
     output_error: float | None = None
     gates: tuple[str, ...] = ()
     passes: tuple[PassResult, ...] = field(default_factory=tuple)
+    alignment: AlignmentReport | None = None  # None when align=False
+    recalibrated: int = 0  # calibration batches BatchNorm statistics were recomputed on
+    calibrated_sites: int = 0  # sites whose planning errors were measured on captured inputs
 
     @property
     def ratio(self) -> float:
@@ -88,6 +92,9 @@ class TransformResult:
             "output_error": self.output_error,
             "trace": self.trace.to_dict(),
             "gates": list(self.gates),
+            "alignment": self.alignment.to_dict() if self.alignment is not None else None,
+            "recalibrated": self.recalibrated,
+            "calibrated_sites": self.calibrated_sites,
             "groups": [
                 {
                     "name": g.name,
@@ -128,6 +135,14 @@ class TransformResult:
             f"({self.ratio:.1%}); {sum(len(g.sites) for g in self.groups)} sites in "
             f"{len(self.groups)} groups; {len(self.skipped)} conv sites left unshared"
         )
+        if self.alignment is not None and self.alignment.chains:
+            a = self.alignment
+            lines.append(
+                f"channel alignment: {a.permuted}/{a.chains} chains permuted; residual energy "
+                f"{a.energy_before:.4f} -> {a.energy_after:.4f} ({a.reduction:.1%} lower)"
+            )
+        if self.recalibrated:
+            lines.append(f"BatchNorm statistics recalibrated on {self.recalibrated} batch(es)")
         if self.output_error is not None:
             lines.append(f"relative output error on the example inputs: {self.output_error:.3e}")
         if self.trace.leaves:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -28,7 +28,9 @@ from .config import ShareConfig
 from .errors import ConfigError, InputError, NonFiniteWeightError, VerificationError
 from .links import feed_weights
 from .numerics import tree_relative_error
-from .passes import AddSkipGates, GroupConvSites, OutputCheck, PassManager, ShareConvWeights
+from .calibration import recalibrate_bn_count
+from .passes import AddSkipGates, AlignChannels, GroupConvSites, OutputCheck, PassManager
+from .passes import ShareConvWeights
 from .passes import default_pipeline
 from .planning import SharingPlan
 from .result import GroupReport, SiteReport, TransformResult, count_parameters
@@ -119,12 +121,18 @@ def transform(
     config: ShareConfig | None = None,
     *,
     plan: SharingPlan | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> TransformResult:
     """Rewrite `model` so convolutions of one weight shape share a bank plus per-site links.
 
     Returns a `TransformResult` whose `.model` is a new module; `model` is never modified.
     `example_inputs` is a tensor or a tuple of forward() arguments; it is used to verify the
     tracing and the rewrite. `plan` fixes the groups and ranks (used by `load`).
+
+    `calibration` (a DataLoader or list of batches: tensors or (inputs, targets) pairs) makes
+    the budget planner measure errors on the inputs each conv sees, and recalibrates the
+    BatchNorm statistics of the result (`recalibrate_bn`, ``config.calibration_batches``
+    batches each).
     """
     config = ShareConfig() if config is None else config
     if not isinstance(config, ShareConfig):
@@ -143,26 +151,31 @@ def transform(
     params_before = count_parameters(model)
     work = _detached_copy(model)
     root, trace = trace_model(work, args, config)
-    pipeline = default_pipeline(config, plan, example_inputs=args)
+    pipeline = default_pipeline(config, plan, example_inputs=args, calibration=calibration)
     tolerance = _tolerance(model, PASS_CHECK_TOLERANCE)
     check = OutputCheck(args, reference, tolerance) if config.verify else None
     results = PassManager(pipeline, check)(root)
     group_pass = next(p for p in pipeline if isinstance(p, GroupConvSites))
     share_pass = next(p for p in pipeline if isinstance(p, ShareConvWeights))
     gate_pass = next((p for p in pipeline if isinstance(p, AddSkipGates)), None)
-    if not any(r.modified for r in results):
+    align_pass = next((p for p in pipeline if isinstance(p, AlignChannels)), None)
+    alignment = align_pass.report if align_pass is not None else None
+    if not share_pass.links:
         log.warning("no shareable convolutions found; returning an unchanged copy")
         unchanged = copy.deepcopy(model)
         return TransformResult(
             model=unchanged, config=config, groups=(), params_before=params_before,
             params_after=count_parameters(unchanged), trace=trace, plan=group_pass.plan,
-            modified=False, output_error=0.0, passes=tuple(results),
+            modified=False, output_error=0.0, passes=tuple(results), alignment=alignment,
         )
     new = results[-1].module
     _unalias(new, model)
     new.train(model.training)
     if config.verify:
-        _verify_wiring(new, model, share_pass, args, reference, _tolerance(model, VERIFY_TOLERANCE))
+        _verify_wiring(new, share_pass, args, reference, _tolerance(model, VERIFY_TOLERANCE))
+    recalibrated = 0
+    if calibration is not None:
+        recalibrated = recalibrate_bn_count(new, calibration, batches=config.calibration_batches)
     output_error = tree_relative_error(_run(new, args), reference)
     errors = {s.site: s for s in share_pass.sites}
     groups = tuple(
@@ -181,7 +194,8 @@ def transform(
         model=new, config=config, groups=groups, params_before=params_before,
         params_after=count_parameters(new), trace=trace, plan=group_pass.plan, modified=True,
         output_error=output_error, gates=tuple(gate_pass.gated) if gate_pass else (),
-        passes=tuple(results),
+        passes=tuple(results), alignment=alignment, recalibrated=recalibrated,
+        calibrated_sites=group_pass.captured,
     )
     log.info("%s", result.summary())
     return result
@@ -195,14 +209,14 @@ def _tolerance(model: nn.Module, base: float) -> float:
 
 def _verify_wiring(
     new: nn.Module,
-    original: nn.Module,
     share_pass: ShareConvWeights,
     args: tuple,
     reference: Any,
     tolerance: float,
 ) -> None:
-    """Feed every link its site's original weight: the graph must reproduce the original model."""
-    feeds = {link: original.get_parameter(param) for param, link in share_pass.links.items()}
+    """Feed every link the weight its site held (after channel alignment, if any): the graph
+    must reproduce the original model."""
+    feeds = {link: share_pass.replaced[param] for param, link in share_pass.links.items()}
     with feed_weights(feeds):
         err = tree_relative_error(_run(new, args), reference)
     if not err <= tolerance:

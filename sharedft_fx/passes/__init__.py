@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from ..config import ShareConfig
 from ..planning import SharingPlan
 from .add_skip_gates import AddSkipGates
+from .align_channels import AlignChannels
 from .base import OutputCheck, Pass, PassManager, PassResult
 from .find_conv_sites import FindConvSites
 from .group_conv_sites import GroupConvSites
@@ -17,6 +20,7 @@ __all__ = [
     "PassManager",
     "OutputCheck",
     "FindConvSites",
+    "AlignChannels",
     "GroupConvSites",
     "ShareConvWeights",
     "AddSkipGates",
@@ -27,6 +31,7 @@ __all__ = [
 
 ALL_PASSES: tuple[type[Pass], ...] = (
     FindConvSites,
+    AlignChannels,
     GroupConvSites,
     ShareConvWeights,
     PropagateShapes,
@@ -40,11 +45,19 @@ def default_pipeline(
     initialize: bool = True,
     gates: tuple[str, ...] | None = None,
     example_inputs: tuple | None = None,
+    calibration: Iterable[Any] | None = None,
 ) -> list[Pass]:
-    """The passes `transform` runs, in order."""
-    pipeline: list[Pass] = [
-        FindConvSites(),
-        GroupConvSites(config, plan),
+    """The passes `transform` runs, in order.
+
+    Channel alignment runs only when weights are initialised from the model (`initialize`):
+    a saved recipe's weights are already aligned. `calibration` batches feed the
+    activation-aware error estimates of the budget planner.
+    """
+    pipeline: list[Pass] = [FindConvSites()]
+    if config.align and initialize:
+        pipeline.append(AlignChannels(config, plan))
+    pipeline += [
+        GroupConvSites(config, plan, calibration),
         ShareConvWeights(config, initialize=initialize),
     ]
     if config.skip_gates:

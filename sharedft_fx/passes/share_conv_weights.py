@@ -72,6 +72,7 @@ class ShareConvWeights(Pass):
         self.initialize = initialize
         self.sites: list[SiteInit] = []
         self.links: dict[str, WeightLink] = {}  # original parameter path -> its link
+        self.replaced: dict[str, torch.Tensor] = {}  # original parameter path -> the weight it held
 
     @property
     def preserves_outputs(self) -> bool:
@@ -81,7 +82,7 @@ class ShareConvWeights(Pass):
         return False
 
     def run(self, module: nn.Module) -> PassResult:
-        self.sites, self.links = [], {}
+        self.sites, self.links, self.replaced = [], {}, {}
         partitions = list(graph_modules(module))
         planned: dict[str, tuple[GroupPlan, SitePlan, ConvUse]] = {}
         for _, gm in partitions:
@@ -137,6 +138,7 @@ class ShareConvWeights(Pass):
         for (plan, use), w in zip(sites, weights):
             link, err = self._make_link(plan, w, bank64)
             self.links[use.param] = link
+            self.replaced[use.param] = w
             key = link_key(plan.site)
             while key in container.links:
                 key += "_"
