@@ -23,7 +23,7 @@ from .planning import SharingPlan
 from .result import TransformResult
 from .tracing import trace_paths
 
-__all__ = ["save", "load", "read_recipe", "RECIPE_FILE", "WEIGHTS_FILE"]
+__all__ = ["save", "load", "read_recipe", "recipe_permutations", "RECIPE_FILE", "WEIGHTS_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,18 @@ def save(
         "params_before": result.params_before,
         "params_after": result.params_after,
         "model_spec": model_spec,
+        "alignment": result.alignment.to_dict() if result.alignment is not None else None,
         "weights_sha256": sha256_file(weights),
     }
     write_json_atomic(out / RECIPE_FILE, recipe)
     return out
+
+
+def recipe_permutations(recipe: dict[str, Any]) -> dict[str, list[tuple[int, list[int]]]]:
+    """The channel alignment a saved transform applied (weight path -> [(dim, order)])."""
+    alignment = recipe.get("alignment") or {}
+    return {k: [(int(d), list(p)) for d, p in v]
+            for k, v in (alignment.get("permutations") or {}).items()}
 
 
 def read_recipe(directory: str | os.PathLike[str]) -> dict[str, Any]:

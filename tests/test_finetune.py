@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from finetune_helpers import TinyNet, tiny_setup
+from .finetune_helpers import TinyNet, tiny_setup
 from torch.utils.data import TensorDataset
 
 import sharedft_fx

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import torch
-from finetune_helpers import TinyNet
+from .finetune_helpers import TinyNet
 
 import sharedft_fx
 from sharedft_fx.cli import main

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import resume_case
+from .finetune_helpers import resume_case
 
 from sharedft_fx import finetune
 from sharedft_fx.finetuning import load_checkpoint

@@ -120,7 +120,8 @@ def test_saved_transform_matches_result(small, tmp_path):
     sharedft_fx.save(result, tmp_path / "saved", model_spec="x:y")
     loaded = sharedft_fx.load(small_net().eval(), tmp_path / "saved")
     d = GraphDiff.from_modules(model, loaded, config=result.config,
-                               skipped=result.plan.skipped, source="saved")
+                               skipped=result.plan.skipped, source="saved",
+                               permutations=result.alignment.permutations)
     ref = GraphDiff.from_transform(result, original=model)
     assert d.totals == ref.totals and d.stages == ref.stages
     no_err = [dataclasses.replace(g, max_error_init=None) for g in d.groups]
@@ -143,6 +144,8 @@ def test_finetuned_errors_measured(small):
     d = GraphDiff.from_transform(result, original=model, finetuned=tuned)
     row = next(s for s in d.sites if s.name == "stage2.0")
     w = model.stage2[0].weight.detach().double()
+    for dim, order in result.alignment.permutations.get("stage2.0.weight", ()):
+        w = w.index_select(dim, torch.tensor(order))  # the transform aligned its channels
     eff = link(tuned.sharedft.banks.g1_32x32x3x3).detach().double()
     assert row.error_finetuned == pytest.approx(((w - eff).norm() / w.norm()).item(), rel=1e-9)
     assert row.error_finetuned != pytest.approx(row.error_init)
@@ -157,7 +160,7 @@ def test_finetuned_errors_measured(small):
 def test_site_weight_errors_exact_at_full_rank(small):
     model, _ = small
     full = sharedft_fx.transform(model, X, sharedft_fx.ShareConfig(rank="full"))
-    errors = site_weight_errors(model, full.model)
+    errors = site_weight_errors(model, full.model, full.alignment.permutations)
     assert len(errors) == 5 and max(errors.values()) < 1e-6
 
 

@@ -19,7 +19,7 @@ from ..config import ShareConfig
 from ..errors import InputError
 from ..model_spec import build_model, load_weights
 from ..report import GraphDiff
-from ..serialization import RECIPE_FILE, load, read_recipe
+from ..serialization import recipe_permutations, RECIPE_FILE, load, read_recipe
 from ..transform import transform
 from .common import add_config_args, add_model_args, config_from_args, example_from_args
 from .common import model_from_args
@@ -88,7 +88,7 @@ def build_report(args: argparse.Namespace) -> GraphDiff:
             skipped=recipe.get("plan", {}).get("skipped", {}),
             compute_errors=bool(args.weights), errors_finetuned=args.finetuned,
             metrics=metrics, onnx=onnx, title=args.title or f"sharedft-fx report: {spec}",
-            source="saved",
+            source="saved", permutations=recipe_permutations(recipe),
         )
     config = config_from_args(args)
     model = model_from_args(args)

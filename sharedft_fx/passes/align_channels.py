@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import operator
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import torch
 import torch.fx as fx
@@ -79,6 +79,10 @@ class AlignmentReport:
     energy_before: float
     energy_after: float
     sweeps: int
+    # weight parameter path -> [(dim, permutation)] applied to it, in order
+    permutations: Mapping[str, tuple[tuple[int, tuple[int, ...]], ...]] = field(
+        default_factory=dict
+    )
 
     @property
     def reduction(self) -> float:
@@ -92,6 +96,7 @@ class AlignmentReport:
             "energy_before": self.energy_before,
             "energy_after": self.energy_after,
             "sweeps": self.sweeps,
+            "permutations": {k: [[d, list(p)] for d, p in v] for k, v in self.permutations.items()},
         }
 
 
@@ -121,19 +126,24 @@ def _only_input(node: fx.Node, source: fx.Node) -> bool:
     return all(isinstance(v, _SCALARS) for v in flat)
 
 
-def find_channel_chains(gm: fx.GraphModule, prefix: str = "") -> list[ChannelChain]:
+def find_channel_chains(
+    gm: fx.GraphModule, prefix: str = "", tied: frozenset[int] = frozenset()
+) -> list[ChannelChain]:
     """The permutable conv -> ... -> conv chains of one traced graph.
 
     A chain's inner tensor must feed exactly one node at each step, every module holding
-    state in it must be called once in the graph (and never read as an attribute), and only
-    ops that treat channels independently and alike may sit between the two convs.
+    state in it must be called once in the graph (and never read as an attribute), none of its
+    tensors may be tied to another module (`tied`: ids of tensors held under several names),
+    and only ops that treat channels independently and alike may sit between the two convs.
     """
     calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
     read = [n.target for n in gm.graph.nodes if n.op == "get_attr"]
 
     def private(target: str) -> bool:
-        return calls[target] == 1 and not any(r == target or r.startswith(target + ".")
-                                              for r in read)
+        module = gm.get_submodule(target)
+        held = [id(t) for t in list(module.parameters()) + list(module.buffers())]
+        return (calls[target] == 1 and not any(i in tied for i in held)
+                and not any(r == target or r.startswith(target + ".") for r in read))
 
     chains = []
     for node in gm.graph.nodes:
@@ -246,8 +256,11 @@ class AlignChannels(Pass):
                 for g in groups]
 
     def run(self, module: nn.Module) -> PassResult:
+        names = Counter(id(t) for _, t in module.named_parameters(remove_duplicate=False))
+        names.update(id(t) for _, t in module.named_buffers(remove_duplicate=False))
+        tied = frozenset(i for i, n in names.items() if n > 1)
         chains = [c for prefix, gm in graph_modules(module)
-                  for c in find_channel_chains(gm, prefix)]
+                  for c in find_channel_chains(gm, prefix, tied)]
         groups = [g for g in self._groups(module) if len(g) >= 2]
         group_of = {s: gi for gi, g in enumerate(groups) for s in g}
         # float32 copies: the similarity only ranks channel pairs; squared norms summed in float64
@@ -300,10 +313,14 @@ class AlignChannels(Pass):
             if not improved:
                 break
         permuted = 0
+        record: dict[str, list[tuple[int, tuple[int, ...]]]] = {}
         for chain, perm in zip(chains, totals):
             if torch.equal(perm, torch.arange(chain.channels)):
                 continue
             permuted += 1
+            order = tuple(int(i) for i in perm)
+            record.setdefault(_join(chain.producer, "weight"), []).append((0, order))
+            record.setdefault(_join(chain.consumer, "weight"), []).append((1, order))
             producer = module.get_submodule(chain.producer)
             _permute(producer, "weight", perm, 0)
             _permute(producer, "bias", perm, 0)
@@ -314,7 +331,8 @@ class AlignChannels(Pass):
             _permute(module.get_submodule(chain.consumer), "weight", perm, 1)
         after = sum(energy)
         scale = norms if norms > 0 else 1.0
-        self.report = AlignmentReport(len(chains), permuted, before / scale, after / scale, sweeps)
+        self.report = AlignmentReport(len(chains), permuted, before / scale, after / scale, sweeps,
+                                      {k: tuple(v) for k, v in record.items()})
         log.info(
             "aligned %d of %d channel chains: residual energy %.4f -> %.4f (%.1f%% lower)",
             permuted, len(chains), self.report.energy_before, self.report.energy_after,

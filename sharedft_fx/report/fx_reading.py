@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Mapping, Any, Iterable, Sequence
 
 import torch
 import torch.fx as fx
@@ -305,11 +305,16 @@ def _original_weight(original: nn.Module, site: str) -> torch.Tensor | None:
     return w if isinstance(w, torch.Tensor) else None
 
 
-def site_weight_errors(original: nn.Module, shared: nn.Module) -> dict[str, float]:
+def site_weight_errors(
+    original: nn.Module,
+    shared: nn.Module,
+    permutations: Mapping[str, Sequence[tuple[int, Sequence[int]]]] | None = None,
+) -> dict[str, float]:
     """Relative weight error ||W_i - link_i(bank)|| / ||W_i|| (float64) of every shared site.
 
     `original` holds the dense weights (same module paths), `shared` the banks and links, e.g.
-    after fine-tuning.
+    after fine-tuning. `permutations` (``result.alignment.permutations``: weight path ->
+    [(dim, order)]) is the channel alignment the transform applied to the original weights.
     """
     links, _, _ = _read_shared(shared)
     paths = weight_owner_paths(original)
@@ -318,6 +323,9 @@ def site_weight_errors(original: nn.Module, shared: nn.Module) -> dict[str, floa
         for ln in links:
             site = paths.get(ln.key, ln.site) if ln.site == ln.key else ln.site
             w = _original_weight(original, site)
+            for dim, order in (permutations or {}).get(f"{site}.weight", ()):
+                if w is not None:
+                    w = w.index_select(dim, torch.as_tensor(list(order), device=w.device))
             if w is None or tuple(w.shape) != tuple(ln.bank.shape):
                 continue
             eff = ln.link(ln.bank).detach().to(torch.float64)

@@ -331,6 +331,7 @@ class GraphDiff:
             params_before=result.params_before, skipped=dict(result.plan.skipped),
             init_errors=init_errors, finetuned=finetuned, export=export, metrics=metrics,
             onnx=onnx,
+            permutations=result.alignment.permutations if result.alignment is not None else None,
             title=title or "sharedft-fx report: "
             + type(result.model if original is None else original).__name__,
             source="transform", output_error=result.output_error,
@@ -352,14 +353,17 @@ class GraphDiff:
         onnx: OnnxDiff | tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
         title: str | None = None,
         source: str = "modules",
+        permutations: Mapping[str, Any] | None = None,
     ) -> "GraphDiff":
         """Compare an original module with a shared one (e.g. `sharedft_fx.load` output).
 
         With `compute_errors`, each shared site's weight error is measured against `before`'s
         weight at the same module path (meaningful when `before` holds the trained weights);
         it is reported as the error after fine-tuning when `errors_finetuned` is set.
+        `permutations` is the channel alignment the transform applied (``result.alignment
+        .permutations``, also in a saved recipe as ``alignment.permutations``).
         """
-        errors = site_weight_errors(before, after) if compute_errors else {}
+        errors = site_weight_errors(before, after, permutations) if compute_errors else {}
         if errors_finetuned and errors:
             metrics = Metrics.coerce(metrics or {})
             metrics = dataclasses.replace(metrics, site_errors={**errors, **metrics.site_errors})
@@ -369,7 +373,7 @@ class GraphDiff:
             skipped=dict(skipped or {}), init_errors=errors, finetuned=None,
             export=export, metrics=metrics, onnx=onnx,
             title=title or f"sharedft-fx report: {type(before).__name__}", source=source,
-            output_error=None, trace=None,
+            output_error=None, trace=None, permutations=permutations,
         )
 
     @classmethod
@@ -391,6 +395,7 @@ class GraphDiff:
         params_before: int | None, skipped: dict[str, str], init_errors: Mapping[str, float],
         finetuned: nn.Module | None, export: Any, metrics: Any, onnx: Any, title: str,
         source: str, output_error: float | None, trace: Mapping[str, Any] | None,
+        permutations: Mapping[str, Any] | None = None,
     ) -> "GraphDiff":
         after_graphs = list(graph_modules(after))
         if after_graphs:
@@ -412,7 +417,7 @@ class GraphDiff:
         if finetuned is not None:
             if before is None:
                 raise InputError("finetuned= needs original= to measure weight errors against")
-            ft_errors.update(site_weight_errors(before, finetuned))
+            ft_errors.update(site_weight_errors(before, finetuned, permutations))
         plain: dict[str, tuple[int, ...]] = {}
         if not unshared:
             # no annotations on the shared module: its plain convs are the unshared sites
