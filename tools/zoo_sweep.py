@@ -1,0 +1,364 @@
+"""Run `sharedft_fx.transform` over every torchvision model and write ZOO.md.
+
+Each model runs in its own subprocess (``--worker NAME``) under a timeout, with random weights
+(nothing is downloaded). Per model it records how the tracer covered it, the conv sites and
+groups, the unique parameters before/after at the DEFAULT config, and the output error against
+eager at ``ShareConfig(rank="full")`` (relative norm error in float64, plus whether
+``torch.testing.assert_close(rtol=1e-4, atol=1e-5)`` holds element-wise).
+
+Usage::
+
+    python tools/zoo_sweep.py                       # all of torchvision.models.list_models()
+    python tools/zoo_sweep.py --models resnet18,raft_small --out /tmp/ZOO.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("zoo_sweep")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Inputs per model: smaller than the canonical size where the architecture allows it (adaptive
+# pooling), to fit the sweep on 2 shared CPU cores. Listed in ZOO.md.
+CLS_SIZE = 128
+_FIXED_CLS = {  # classification models whose input size is fixed (or has a minimum) by the arch
+    "inception_v3": 299, "quantized_inception_v3": 299,
+    "maxvit_t": 224,
+    "vit_b_16": 224, "vit_b_32": 224, "vit_l_16": 224, "vit_l_32": 224, "vit_h_14": 224,
+}
+# builder kwargs that shrink a fixed-size model (random weights, so the position tables just
+# get smaller); the input size must match.
+_BUILD_KWARGS: dict[str, dict[str, Any]] = {
+    "vit_h_14": {"image_size": 112},
+    "vit_l_16": {"image_size": 112},
+    "vit_l_32": {"image_size": 128},
+    "vit_b_16": {"image_size": 112},
+    "vit_b_32": {"image_size": 128},
+}
+_VIT_SIZES = {"vit_h_14": 112, "vit_l_16": 112, "vit_l_32": 128, "vit_b_16": 112, "vit_b_32": 128}
+DET_SIZE = 320
+
+
+def family(name: str) -> str:
+    import torchvision.models as tvm
+
+    for fam, mod in (
+        ("detection", tvm.detection), ("segmentation", tvm.segmentation),
+        ("video", tvm.video), ("optical_flow", tvm.optical_flow),
+        ("quantization", tvm.quantization),
+    ):
+        if name in tvm.list_models(module=mod):
+            return fam
+    return "classification"
+
+
+def build(name: str) -> tuple[Any, tuple, str]:
+    """(model, example_inputs, description of inputs and build options)."""
+    import torch
+    import torchvision
+    from sharedft_fx.model_spec import no_download_kwargs
+
+    torch.manual_seed(0)
+    fam = family(name)
+    kwargs: dict[str, Any] = dict(no_download_kwargs(name))
+    kwargs.update(_BUILD_KWARGS.get(name, {}))
+    notes: list[str] = []
+    if fam == "quantization":
+        kwargs["quantize"] = False
+        notes.append("quantize=False (float version)")
+    if fam == "detection":
+        if name.startswith(("fasterrcnn", "maskrcnn", "keypointrcnn")):
+            kwargs["box_score_thresh"] = 0.0
+            notes.append("box_score_thresh=0")
+        else:
+            kwargs["score_thresh"] = 0.0
+            notes.append("score_thresh=0")
+        if not name.startswith("ssd"):
+            kwargs.update(min_size=DET_SIZE, max_size=DET_SIZE)
+            notes.append(f"min_size=max_size={DET_SIZE}")
+    for key in _BUILD_KWARGS.get(name, {}):
+        notes.append(f"{key}={kwargs[key]}")
+    model = torchvision.models.get_model(name, **kwargs)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    if fam == "detection":
+        size = 300 if name == "ssd300_vgg16" else DET_SIZE
+        inputs: tuple = ([torch.rand(3, size, size, generator=g)],)
+        shape = f"[3x{size}x{size}]"
+    elif fam == "optical_flow":
+        a = torch.rand(1, 3, 128, 128, generator=g)
+        b = torch.rand(1, 3, 128, 128, generator=g)
+        inputs, shape = (a, b), "(1x3x128x128, 1x3x128x128)"
+    elif fam == "video":
+        t, hw = {"s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}.get(name, (8, 112))
+        inputs = (torch.randn(1, 3, t, hw, hw, generator=g),)
+        shape = f"1x3x{t}x{hw}x{hw}"
+    else:
+        size = _VIT_SIZES.get(name, _FIXED_CLS.get(name, CLS_SIZE))
+        inputs = (torch.randn(1, 3, size, size, generator=g),)
+        shape = f"1x3x{size}x{size}"
+    return model, inputs, "; ".join([shape] + notes)
+
+
+def _assert_close(out: Any, ref: Any) -> tuple[bool, str]:
+    import torch
+    from sharedft_fx.numerics import flatten_tensors
+
+    a, _ = flatten_tensors(out)
+    b, _ = flatten_tensors(ref)
+    try:
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        return True, ""
+    except AssertionError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        return False, " ".join(lines[:3])[:200]
+
+
+def _conv_sites(result: Any) -> int:
+    """Conv sites found by find_conv_sites (shared and unshared)."""
+    shared = sum(len(g.sites) for g in result.groups)
+    return shared + len(result.skipped)
+
+
+def worker(name: str) -> dict[str, Any]:
+    import torch
+
+    import sharedft_fx
+    from sharedft_fx import ShareConfig
+    from sharedft_fx.transform import eval_mode
+
+    rec: dict[str, Any] = {"model": name, "family": family(name)}
+    t0 = time.perf_counter()
+    model, inputs, desc = build(name)
+    rec["inputs"] = desc
+    rec["build_s"] = time.perf_counter() - t0
+    rec["params"] = sum(p.numel() for p in model.parameters())
+    stage = "default config"
+    try:
+        t0 = time.perf_counter()
+        res = sharedft_fx.transform(model, inputs)
+        rec["default_s"] = time.perf_counter() - t0
+        rec.update(
+            traced=list(res.trace.traced), leaves=dict(res.trace.leaves),
+            unverified=list(res.trace.unverified), sites=_conv_sites(res),
+            shared_sites=sum(len(g.sites) for g in res.groups), groups=len(res.groups),
+            params_before=res.params_before, params_after=res.params_after, ratio=res.ratio,
+            default_error=res.output_error, modified=res.modified,
+        )
+        del res
+        stage = "rank='full'"
+        t0 = time.perf_counter()
+        full = sharedft_fx.transform(model, inputs, ShareConfig(rank="full"))
+        rec["full_s"] = time.perf_counter() - t0
+        rec["full_error"] = full.output_error
+        rec["full_modified"] = full.modified
+        with eval_mode(model), torch.no_grad():
+            ref = model(*inputs)
+        with eval_mode(full.model), torch.no_grad():
+            out = full.model(*inputs)
+        rec["assert_close"], rec["assert_close_msg"] = _assert_close(out, ref)
+        # Determinism of eager itself (detection post-processing can reorder on ties).
+        with eval_mode(model), torch.no_grad():
+            ref2 = model(*inputs)
+        from sharedft_fx.numerics import tree_relative_error
+
+        rec["eager_repeat_error"] = tree_relative_error(ref2, ref)
+        rec["status"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - recorded in ZOO.md
+        rec["status"] = "failed"
+        first = (str(exc).strip().splitlines() or [""])[0]
+        rec["error"] = f"{stage}: {type(exc).__name__}: {first}"[:600]
+        log.exception("%s failed", name)
+    return rec
+
+
+def run_one(name: str, timeout: float, threads: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rec.json"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads),
+                   MKL_NUM_THREADS=str(threads))
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--record", str(out)]
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"model": name, "status": "timeout",
+                    "error": f"no result within the {timeout:.0f} s timeout", "wall_s": timeout}
+        wall = time.perf_counter() - t0
+        if out.is_file():
+            rec = json.loads(out.read_text())
+        else:
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            rec = {"model": name, "status": "crashed",
+                   "error": f"worker exited {proc.returncode}: {' | '.join(tail)}"[:600]}
+        rec["wall_s"] = wall
+        return rec
+
+
+def _fmt_err(x: Any) -> str:
+    if x is None:
+        return "-"
+    return "inf" if x == float("inf") else f"{x:.1e}"
+
+
+def coverage(rec: dict[str, Any]) -> str:
+    if rec.get("status") != "ok":
+        return rec.get("status", "?")
+    if rec.get("traced") == [""] and not rec.get("leaves"):
+        return "traced"
+    return "leaf fallback"
+
+
+def matched(rec: dict[str, Any]) -> bool:
+    err = rec.get("full_error")
+    return rec.get("status") == "ok" and err is not None and err <= 1e-4
+
+
+def render(records: list[dict[str, Any]], command: str, started: str, elapsed: float,
+           threads: int, timeout: float) -> str:
+    n = len(records)
+    counts = {k: sum(coverage(r) == k for r in records)
+              for k in ("traced", "leaf fallback", "failed", "timeout", "crashed")}
+    n_match = sum(matched(r) for r in records)
+    n_close = sum(bool(r.get("assert_close")) for r in records)
+    lines = [
+        "# ZOO: sharedft-fx over torchvision.models",
+        "",
+        f"Generated by `{command}` on {started} (UTC), {elapsed / 60:.1f} min, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s) shared with "
+        f"other jobs, {threads} torch thread(s) per model, {timeout:.0f} s timeout per model. "
+        "Random weights (nothing downloaded), one subprocess per model.",
+        "",
+        "## Summary",
+        "",
+        f"- models: {n}",
+        f"- transformed: {counts['traced'] + counts['leaf fallback']} "
+        f"(fully traced {counts['traced']}, leaf fallback {counts['leaf fallback']}); "
+        f"failed {counts['failed']}, timeout {counts['timeout']}, crashed {counts['crashed']}",
+        f"- matching eager at rank='full' (relative norm error <= 1e-4): {n_match} of {n}",
+        f"- element-wise `assert_close(rtol=1e-4, atol=1e-5)` at rank='full': {n_close} of {n}",
+        "",
+        "Columns: *coverage* = `traced` (the whole model is one GraphModule), `leaf fallback` "
+        "(some modules ran eagerly, their children were traced; `eager` lists them), or the "
+        "failure. *sites* = conv sites found, *shared* = sites in groups at the default config, "
+        "*params* = unique parameters before -> after at the default config "
+        "(`ShareConfig()`), *err default* = relative output error at the default config "
+        "(expected to be large: no fine-tuning), *err full* = `result.output_error` at "
+        "`ShareConfig(rank='full')` (||out-ref||/||ref||, float64, max over output tensors), "
+        "*close* = `torch.testing.assert_close(rtol=1e-4, atol=1e-5)` on the full-rank output, "
+        "*eager rep* = relative error of eager against itself on a second run (non-zero means "
+        "the model's own output is not reproducible, e.g. detection post-processing).",
+        "",
+        "Inputs: classification models at 1x3x128x128 (smaller than 224 to save time; adaptive "
+        "pooling makes them size-agnostic), except inception_v3 (299) and maxvit_t (224, fixed "
+        "by its partitions); ViTs are built with a smaller `image_size` (random weights: only "
+        "the position table shrinks); video models at 1x3x8x112x112 (s3d 1x3x16x224x224, its "
+        "pooling is fixed; MViTs 1x3x16x224x224, fixed by their builders); detection "
+        "models get one 3x320x320 image (ssd300 3x300x300), built with min_size=max_size=320 "
+        "and a score threshold of 0 so outputs are non-empty; RAFT two 1x3x128x128 images. "
+        "The `inputs` column gives each model's exact inputs and build options.",
+        "",
+        "| model | family | coverage | sites | shared | groups | params before | params after "
+        "| ratio | err default | err full | close | eager rep | transform s (default/full) "
+        "| inputs | eager / failure |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(records, key=lambda r: r["model"]):
+        if r.get("status") == "ok":
+            eager = "; ".join(f"`{k or '<root>'}`: {v}" for k, v in r.get("leaves", {}).items())
+            if len(eager) > 400:
+                eager = eager[:400] + f"... ({len(r['leaves'])} leaves)"
+            if not r.get("assert_close") and r.get("assert_close_msg"):
+                eager = (eager + "; " if eager else "") + "assert_close: " + r["assert_close_msg"]
+            lines.append(
+                f"| {r['model']} | {r.get('family', '')} | {coverage(r)} | {r['sites']} "
+                f"| {r['shared_sites']} | {r['groups']} | {r['params_before']:,} "
+                f"| {r['params_after']:,} | {r['ratio']:.3f} | {_fmt_err(r.get('default_error'))} "
+                f"| {_fmt_err(r.get('full_error'))} | {'yes' if r.get('assert_close') else 'no'} "
+                f"| {_fmt_err(r.get('eager_repeat_error'))} "
+                f"| {r.get('default_s', 0):.1f}/{r.get('full_s', 0):.1f} | {r.get('inputs', '')} "
+                f"| {eager.replace('|', '/')} |"
+            )
+        else:
+            lines.append(
+                f"| {r['model']} | {r.get('family', '')} | {r.get('status')} | | | | | | | | | "
+                f"| | | {r.get('inputs', '')} | {str(r.get('error', '')).replace('|', '/')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--jobs", type=int, default=1, help="models run in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per model")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per model")
+    parser.add_argument("--out", default="ZOO.md")
+    parser.add_argument("--json", default="", help="also write the raw records here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--record", help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        rec = worker(args.worker)
+        from sharedft_fx.io import write_json_atomic
+
+        write_json_atomic(args.record, rec)
+        return 0
+
+    import torchvision
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sharedft_fx.io import write_json_atomic, write_text_atomic
+
+    names = [m for m in args.models.split(",") if m] or torchvision.models.list_models()
+    unknown = sorted(set(names) - set(torchvision.models.list_models()))
+    if unknown:
+        log.error("unknown model(s): %s", ", ".join(unknown))
+        return 2
+    started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    command = "python tools/zoo_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def one(name: str) -> dict[str, Any]:
+        rec = run_one(name, args.timeout, args.threads)
+        log.info("%-40s %-14s err_full=%s %.0fs %s", name, coverage(rec),
+                 _fmt_err(rec.get("full_error")), rec.get("wall_s", 0), rec.get("error", ""))
+        return rec
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for rec in pool.map(one, names):
+            records.append(rec)
+            # rewrite after every model so a partial sweep is still readable
+            write_text_atomic(args.out, render(records, command.strip(), started,
+                                               time.perf_counter() - t0, args.threads,
+                                               args.timeout))
+            if args.json:
+                write_json_atomic(args.json, records)
+    bad = [r["model"] for r in records if not matched(r)]
+    log.info("wrote %s: %d models, %d not matching at full rank: %s", args.out, len(records),
+             len(bad), ", ".join(bad))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
