@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Inputs per model: smaller than the canonical size where the architecture allows it (adaptive
 # pooling), to fit the sweep on 2 shared CPU cores. Listed in ZOO.md.
-CLS_SIZE = 128
+CLS_SIZE = 64
 _FIXED_CLS = {  # classification models whose input size is fixed (or has a minimum) by the arch
     "inception_v3": 299, "quantized_inception_v3": 299,
     "maxvit_t": 224,
@@ -43,13 +43,19 @@ _FIXED_CLS = {  # classification models whose input size is fixed (or has a mini
 # get smaller); the input size must match.
 _BUILD_KWARGS: dict[str, dict[str, Any]] = {
     "vit_h_14": {"image_size": 112},
-    "vit_l_16": {"image_size": 112},
-    "vit_l_32": {"image_size": 128},
-    "vit_b_16": {"image_size": 112},
-    "vit_b_32": {"image_size": 128},
+    "vit_l_16": {"image_size": 64},
+    "vit_l_32": {"image_size": 64},
+    "vit_b_16": {"image_size": 64},
+    "vit_b_32": {"image_size": 64},
 }
-_VIT_SIZES = {"vit_h_14": 112, "vit_l_16": 112, "vit_l_32": 128, "vit_b_16": 112, "vit_b_32": 128}
-DET_SIZE = 320
+_VIT_SIZES = {"vit_h_14": 112, "vit_l_16": 64, "vit_l_32": 64, "vit_b_16": 64, "vit_b_32": 64}
+# Run the slowest first so the sweep does not end waiting on one long model.
+_SLOW_FIRST = ("mvit_v1_b", "mvit_v2_s", "s3d", "regnet_y_128gf", "maskrcnn_resnet50_fpn_v2",
+               "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn",
+               "maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn",
+               "fcos_resnet50_fpn", "vit_h_14", "maxvit_t", "inception_v3", "raft_large",
+               "swin3d_b", "efficientnet_b7", "regnet_y_32gf", "efficientnet_v2_l")
+DET_SIZE = 256
 
 
 def family(name: str) -> str:
@@ -86,7 +92,7 @@ def build(name: str) -> tuple[Any, tuple, str]:
         else:
             kwargs["score_thresh"] = 0.0
             notes.append("score_thresh=0")
-        if not name.startswith("ssd"):
+        if not name.startswith("ssd") and name != "fasterrcnn_mobilenet_v3_large_320_fpn":
             kwargs.update(min_size=DET_SIZE, max_size=DET_SIZE)
             notes.append(f"min_size=max_size={DET_SIZE}")
     for key in _BUILD_KWARGS.get(name, {}):
@@ -95,7 +101,8 @@ def build(name: str) -> tuple[Any, tuple, str]:
     model.eval()
     g = torch.Generator().manual_seed(1)
     if fam == "detection":
-        size = 300 if name == "ssd300_vgg16" else DET_SIZE
+        size = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320,
+                "fasterrcnn_mobilenet_v3_large_320_fpn": 320}.get(name, DET_SIZE)
         inputs: tuple = ([torch.rand(3, size, size, generator=g)],)
         shape = f"[3x{size}x{size}]"
     elif fam == "optical_flow":
@@ -103,7 +110,7 @@ def build(name: str) -> tuple[Any, tuple, str]:
         b = torch.rand(1, 3, 128, 128, generator=g)
         inputs, shape = (a, b), "(1x3x128x128, 1x3x128x128)"
     elif fam == "video":
-        t, hw = {"s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}.get(name, (8, 112))
+        t, hw = {"s3d": (16, 224), "mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224)}.get(name, (8, 64))
         inputs = (torch.randn(1, 3, t, hw, hw, generator=g),)
         shape = f"1x3x{t}x{hw}x{hw}"
     else:
@@ -303,13 +310,13 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
         "*eager rep* = relative error of eager against itself on a second run (non-zero means "
         "the model's own output is not reproducible, e.g. detection post-processing).",
         "",
-        "Inputs: classification models at 1x3x128x128 (smaller than 224 to save time; adaptive "
+        "Inputs: classification models at 1x3x64x64 (smaller than 224 to save time; adaptive "
         "pooling makes them size-agnostic), except inception_v3 (299) and maxvit_t (224, fixed "
         "by its partitions); ViTs are built with a smaller `image_size` (random weights: only "
-        "the position table shrinks); video models at 1x3x8x112x112 (s3d 1x3x16x224x224, its "
+        "the position table shrinks); video models at 1x3x8x64x64 (s3d 1x3x16x224x224, its "
         "pooling is fixed; MViTs 1x3x16x224x224, fixed by their builders); detection "
-        "models get one 3x320x320 image (ssd300 3x300x300), built with min_size=max_size=320 "
-        "and a score threshold of 0 so outputs are non-empty; RAFT two 1x3x128x128 images. "
+        "models get one 3x256x256 image (ssd300 3x300x300), built with min_size=max_size=256 "
+        "and a score threshold of 0 so outputs are non-empty (ssdlite320 keeps its 320); RAFT two 1x3x128x128 images. "
         "Before the sweep every BatchNorm (and FrozenBatchNorm2d) gets running statistics "
         "measured on the example input (`calibrate_norms`): with random-init statistics "
         "(mean 0, var 1) activations vanish with depth (ssdlite320's deepest features were "
@@ -396,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                  _fmt_err(rec.get("full_error")), rec.get("wall_s", 0), rec.get("error", ""))
         return rec
 
+    names.sort(key=lambda n: (_SLOW_FIRST.index(n) if n in _SLOW_FIRST else len(_SLOW_FIRST)))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for rec in pool.map(one, names):
             records.append(rec)
