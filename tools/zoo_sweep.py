@@ -49,12 +49,12 @@ _BUILD_KWARGS: dict[str, dict[str, Any]] = {
     "vit_b_32": {"image_size": 64},
 }
 _VIT_SIZES = {"vit_h_14": 112, "vit_l_16": 64, "vit_l_32": 64, "vit_b_16": 64, "vit_b_32": 64}
-# Run the slowest first so the sweep does not end waiting on one long model.
-_SLOW_FIRST = ("mvit_v1_b", "mvit_v2_s", "s3d", "regnet_y_128gf", "maskrcnn_resnet50_fpn_v2",
-               "fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", "keypointrcnn_resnet50_fpn",
-               "maskrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn",
-               "fcos_resnet50_fpn", "vit_h_14", "maxvit_t", "inception_v3", "raft_large",
-               "swin3d_b", "efficientnet_b7", "regnet_y_32gf", "efficientnet_v2_l")
+# Run the slowest last, so that a sweep cut short by a deadline covers the most models.
+_SLOW_LAST = ("efficientnet_v2_l", "regnet_y_32gf", "efficientnet_b7", "swin3d_b", "raft_large",
+             "inception_v3", "maxvit_t", "vit_h_14", "fcos_resnet50_fpn", "retinanet_resnet50_fpn",
+             "fasterrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn",
+             "retinanet_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn_v2", "maskrcnn_resnet50_fpn_v2",
+             "regnet_y_128gf", "s3d", "mvit_v2_s", "mvit_v1_b")
 DET_SIZE = 256
 
 
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                  _fmt_err(rec.get("full_error")), rec.get("wall_s", 0), rec.get("error", ""))
         return rec
 
-    names.sort(key=lambda n: (_SLOW_FIRST.index(n) if n in _SLOW_FIRST else len(_SLOW_FIRST)))
+    names.sort(key=lambda n: (_SLOW_LAST.index(n) if n in _SLOW_LAST else -1))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for rec in pool.map(one, names):
             records.append(rec)
