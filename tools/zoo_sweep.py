@@ -154,6 +154,23 @@ def calibrate_norms(model: Any, inputs: tuple) -> int:
     return len(handles)
 
 
+def wake_layer_scales(model: Any) -> int:
+    """Set ConvNeXt-style layer scales initialised to 1e-6 to 1; returns how many were set.
+
+    With the 1e-6 init every residual block adds ~1e-6 of its branch, so the output does not
+    depend on the block's convolutions and the full-rank check proves nothing.
+    """
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rpartition(".")[2] == "layer_scale" and float(p.abs().max()) <= 1e-5:
+                p.fill_(1.0)
+                n += 1
+    return n
+
+
 def _assert_close(out: Any, ref: Any) -> tuple[bool, str]:
     import torch
     from sharedft_fx.numerics import flatten_tensors
@@ -187,6 +204,7 @@ def worker(name: str) -> dict[str, Any]:
     rec["inputs"] = desc
     rec["build_s"] = time.perf_counter() - t0
     rec["params"] = sum(p.numel() for p in model.parameters())
+    rec["layer_scales_set"] = wake_layer_scales(model)
     rec["norms_calibrated"] = calibrate_norms(model, inputs)
     stage = "default config"
     try:
@@ -324,7 +342,9 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
         "1e-25, so its output did not depend on any shared conv and the full-rank check was "
         "vacuous). *err default* shows the check is not vacuous: a large value means the "
         "output does depend on the shared convs; `insensitive` in *coverage* marks models where "
-        "it stays below 1e-4 even so. "
+        "it stays below 1e-4 even so. ConvNeXt's `layer_scale` parameters (initialised to "
+        "1e-6, which makes every block's branch invisible in the output) are set to 1 for the "
+        "same reason. "
         "The `inputs` column gives each model's exact inputs and build options.",
         "",
         "| model | family | coverage | sites | shared | groups | params before | params after "
@@ -398,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("unknown model(s): %s", ", ".join(unknown))
         return 2
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
+        files = args.from_json.split(",")
+        saved = json.loads(Path(files[0]).read_text())
         if isinstance(saved, list):  # an older record file: take the header of --out
             import re
 
@@ -412,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
                      "elapsed": float(m.group(3)) * 60, "threads": int(m.group(4)),
                      "timeout": float(m.group(5))}
         records = saved["records"]
+        for extra in files[1:]:  # later files (reruns of some models) replace earlier records
+            more = json.loads(Path(extra).read_text())
+            more = more["records"] if isinstance(more, dict) else more
+            again = {r["model"] for r in more}
+            records = [r for r in records if r["model"] not in again] + more
         done = {r["model"] for r in records}
         records += [{"model": m, "status": "not run",
                      "error": args.note or "the sweep was stopped before this model ran"}
