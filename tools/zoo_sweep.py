@@ -154,6 +154,29 @@ def calibrate_norms(model: Any, inputs: tuple) -> int:
     return len(handles)
 
 
+def noise_floor(model: Any, inputs: tuple) -> float:
+    """How much the eager output moves when conv weights get float32 rounding-sized noise.
+
+    Each conv weight (dim >= 3) is multiplied element-wise by 1 + u·n, n ~ N(0, 1), u = 2^-24
+    (float32 unit roundoff). A full-rank rewrite reconstructs weights to about that precision,
+    so its output error cannot be expected below this floor.
+    """
+    import copy
+
+    import torch
+    from sharedft_fx.numerics import tree_relative_error
+
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.dim() >= 3 and p.is_floating_point():
+                p.mul_(1 + 2.0 ** -24 * torch.randn(p.shape, generator=g))
+        ref = model(*inputs)
+        out = other(*inputs)
+    return tree_relative_error(out, ref)
+
+
 def wake_layer_scales(model: Any) -> int:
     """Set ConvNeXt-style layer scales initialised to 1e-6 to 1; returns how many were set.
 
@@ -196,6 +219,7 @@ def worker(name: str) -> dict[str, Any]:
 
     import sharedft_fx
     from sharedft_fx import ShareConfig
+    from sharedft_fx.errors import VerificationError
     from sharedft_fx.transform import eval_mode
 
     rec: dict[str, Any] = {"model": name, "family": family(name)}
@@ -208,6 +232,7 @@ def worker(name: str) -> dict[str, Any]:
     rec["norms_calibrated"] = calibrate_norms(model, inputs)
     stage = "default config"
     try:
+        rec["noise_floor"] = noise_floor(model, inputs)
         t0 = time.perf_counter()
         res = sharedft_fx.transform(model, inputs)
         rec["default_s"] = time.perf_counter() - t0
@@ -221,7 +246,13 @@ def worker(name: str) -> dict[str, Any]:
         del res
         stage = "rank='full'"
         t0 = time.perf_counter()
-        full = sharedft_fx.transform(model, inputs, ShareConfig(rank="full"))
+        try:
+            full = sharedft_fx.transform(model, inputs, ShareConfig(rank="full"))
+        except VerificationError as exc:
+            # The core's own check (relative error <= 1e-4 after share_conv_weights) fired;
+            # measure the error without it, to compare with the model's noise floor.
+            rec["core_check"] = str(exc).splitlines()[0][:300]
+            full = sharedft_fx.transform(model, inputs, ShareConfig(rank="full", verify=False))
         rec["full_s"] = time.perf_counter() - t0
         rec["full_error"] = full.output_error
         rec["full_modified"] = full.modified
@@ -287,6 +318,14 @@ def matched(rec: dict[str, Any]) -> bool:
     return rec.get("status") == "ok" and err is not None and err <= 1e-4
 
 
+def within_floor(rec: dict[str, Any]) -> bool:
+    """Full-rank error at most 10x the model's own float32 noise floor (or <= 1e-4)."""
+    err, floor = rec.get("full_error"), rec.get("noise_floor")
+    if rec.get("status") != "ok" or err is None:
+        return False
+    return err <= 1e-4 or (floor is not None and err <= 10 * floor)
+
+
 def render(records: list[dict[str, Any]], command: str, started: str, elapsed: float,
            threads: int, timeout: float) -> str:
     n = len(records)
@@ -294,6 +333,8 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
               for k in ("traced", "leaf fallback", "failed", "timeout", "crashed", "not run")}
     n_match = sum(matched(r) for r in records)
     n_close = sum(bool(r.get("assert_close")) for r in records)
+    n_floor = sum(within_floor(r) for r in records)
+    n_core = sum(bool(r.get("core_check")) for r in records)
     n_insens = sum(bool(r.get("modified")) and (r.get("default_error") or 0.0) < 1e-4
                    for r in records)
     n_unmod = sum(r.get("status") == "ok" and not r.get("full_modified") for r in records)
@@ -313,6 +354,10 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
         f"failed {counts['failed']}, timeout {counts['timeout']}, crashed {counts['crashed']}, "
         f"not run {counts['not run']}",
         f"- matching eager at rank='full' (relative norm error <= 1e-4): {n_match} of {n}",
+        f"- matching eager at rank='full' within 10x the model's own float32 noise floor "
+        f"(see *floor*): {n_floor} of {n}",
+        f"- the core's own full-rank check (VerificationError, relative error > 1e-4 after "
+        f"share_conv_weights) fired: {n_core} (measured again with verify=False)",
         f"- element-wise `assert_close(rtol=1e-4, atol=1e-5)` at rank='full': {n_close} of {n}",
         f"- nothing to share (model unchanged at rank='full', check trivially exact): {n_unmod}",
         f"- output insensitive to the shared convs (default-config error < 1e-4; the "
@@ -326,6 +371,9 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
         "(expected to be large: no fine-tuning), *err full* = `result.output_error` at "
         "`ShareConfig(rank='full')` (||out-ref||/||ref||, float64, max over output tensors), "
         "*close* = `torch.testing.assert_close(rtol=1e-4, atol=1e-5)` on the full-rank output, "
+        "*floor* = the model's float32 noise floor: relative change of the eager output when every "
+        "conv weight is multiplied by 1 + 2^-24·N(0,1) (float32 rounding; a full-rank rewrite "
+        "cannot be expected to do better), "
         "*eager rep* = relative error of eager against itself on a second run (non-zero means "
         "the model's own output is not reproducible, e.g. detection post-processing).",
         "",
@@ -348,15 +396,17 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
         "The `inputs` column gives each model's exact inputs and build options.",
         "",
         "| model | family | coverage | sites | shared | groups | params before | params after "
-        "| ratio | err default | err full | close | eager rep | transform s (default/full) "
+        "| ratio | err default | err full | floor | close | eager rep | transform s (default/full) "
         "| inputs | eager / failure |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: r["model"]):
         if r.get("status") == "ok":
             eager = "; ".join(f"`{k or '<root>'}`: {v}" for k, v in r.get("leaves", {}).items())
             if len(eager) > 400:
                 eager = eager[:400] + f"... ({len(r['leaves'])} leaves)"
+            if r.get("core_check"):
+                eager = (eager + "; " if eager else "") + "core check: " + r["core_check"]
             if not r.get("assert_close") and r.get("assert_close_msg"):
                 eager = (eager + "; " if eager else "") + "assert_close: " + r["assert_close_msg"]
             cov = coverage(r)
@@ -366,14 +416,15 @@ def render(records: list[dict[str, Any]], command: str, started: str, elapsed: f
                 f"| {r['model']} | {r.get('family', '')} | {cov} | {r['sites']} "
                 f"| {r['shared_sites']} | {r['groups']} | {r['params_before']:,} "
                 f"| {r['params_after']:,} | {r['ratio']:.3f} | {_fmt_err(r.get('default_error'))} "
-                f"| {_fmt_err(r.get('full_error'))} | {'yes' if r.get('assert_close') else 'no'} "
+                f"| {_fmt_err(r.get('full_error'))} | {_fmt_err(r.get('noise_floor'))} "
+                f"| {'yes' if r.get('assert_close') else 'no'} "
                 f"| {_fmt_err(r.get('eager_repeat_error'))} "
                 f"| {r.get('default_s', 0):.1f}/{r.get('full_s', 0):.1f} | {r.get('inputs', '')} "
                 f"| {eager.replace('|', '/')} |"
             )
         else:
             lines.append(
-                f"| {r['model']} | {r.get('family', '')} | {r.get('status')} | | | | | | | | | "
+                f"| {r['model']} | {r.get('family', '')} | {r.get('status')} | | | | | | | | | | "
                 f"| | | {r.get('inputs', '')} | {str(r.get('error', '')).replace('|', '/')} |"
             )
     return "\n".join(lines) + "\n"
