@@ -542,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                  _fmt_err(rec.get("full_error")), rec.get("wall_s", 0), rec.get("error", ""))
         return rec
 
-    names.sort(key=lambda n: (_SLOW_LAST.index(n) if n in _SLOW_LAST else -1))
+    if not args.models:  # an explicit list runs in the order given
+        names.sort(key=lambda n: (_SLOW_LAST.index(n) if n in _SLOW_LAST else -1))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for rec in pool.map(one, names):
             records.append(rec)
