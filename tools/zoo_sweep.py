@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torchvision
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from sharedft_fx.io import write_json_atomic, write_text_atomic
 
@@ -545,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.models:  # an explicit list runs in the order given
         names.sort(key=lambda n: (_SLOW_LAST.index(n) if n in _SLOW_LAST else -1))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for rec in pool.map(one, names):
+        # as_completed: a record is saved as soon as its model ends, not in submission order
+        for future in as_completed([pool.submit(one, n) for n in names]):
+            rec = future.result()
             records.append(rec)
             # rewrite after every model so a partial sweep is still readable
             write_text_atomic(args.out, render(records, command.strip(), started,
