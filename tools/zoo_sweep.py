@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             records = [r for r in records if r["model"] not in again] + more
         done = {r["model"] for r in records}
         records += [{"model": m, "status": "not run",
-                     "error": args.note or "the sweep was stopped before this model ran"}
+                     "error": "no record: the sweep was stopped before this model ran"}
                     for m in names if m not in done]
         text = render(records, saved["command"], saved["started"], saved["elapsed"],
                       saved["threads"], saved["timeout"])
