@@ -30,7 +30,7 @@ from .config import ShareConfig
 from .data import digits_splits
 from .errors import VerificationError
 from .finetuning import FinetuneConfig, finetune
-from .finetuning._bn import _recalibrate_bn
+from .calibration import recalibrate_bn
 from .reference_nets import DigitsResNet, _train, evaluate_accuracy, trained_reference
 from .result import count_parameters
 from .transform import transform
@@ -205,7 +205,8 @@ def run_demo(fast: bool = False, out_dir: str | Path | None = None, seed: int = 
     seconds["transform"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _recalibrate_bn(shared, splits.train, batches=plan.recalibrate_batches, batch_size=64)
+    recalibrate_bn(shared, DataLoader(splits.train, batch_size=64),
+                   batches=plan.recalibrate_batches)
     recal_acc = evaluate_accuracy(shared, test)
     seconds["recalibrate"] = time.perf_counter() - t
     log.info("after BN recalibration: test accuracy %.4f", recal_acc)

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from sharedft_fx import FinetuneConfig, ShareConfig, finetune, transform
 from sharedft_fx.data import digits_loaders, digits_splits
-from sharedft_fx.finetuning._bn import _recalibrate_bn
+from sharedft_fx.calibration import recalibrate_bn
+from torch.utils.data import DataLoader
 from sharedft_fx.io import write_json_atomic
 from sharedft_fx.reference_nets import evaluate_accuracy, trained_reference
 
@@ -88,7 +89,7 @@ def main() -> None:
     shared = result.model
     report["no_recalibration"] = {"val": evaluate_accuracy(shared, val),
                                   "test": evaluate_accuracy(shared, test)}
-    _recalibrate_bn(shared, splits.train, batches=None, batch_size=64)
+    recalibrate_bn(shared, DataLoader(splits.train, batch_size=64), batches=None)
     report["recalibrated"] = {"val": evaluate_accuracy(shared, val),
                               "test": evaluate_accuracy(shared, test)}
     logging.info("%s", report)
@@ -102,7 +103,7 @@ def main() -> None:
         tuned = finetune(shared, original, splits.train, splits.val, cfg).model.eval()
         entry = {"config": cfg.to_dict(), "seconds": time.perf_counter() - t,
                  "val": evaluate_accuracy(tuned, val), "test": evaluate_accuracy(tuned, test)}
-        again = _recalibrate_bn(tuned, splits.train, batches=None, batch_size=64)
+        again = recalibrate_bn(tuned, DataLoader(splits.train, batch_size=64), batches=None)
         entry["recalibrated_after"] = {"val": evaluate_accuracy(again, val),
                                        "test": evaluate_accuracy(again, test)}
         report[name] = entry

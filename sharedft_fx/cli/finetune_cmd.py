@@ -12,9 +12,11 @@ import os
 from pathlib import Path
 
 
+from torch.utils.data import DataLoader
+
+from ..calibration import recalibrate_bn
 from ..errors import ConfigError
 from ..finetuning import FinetuneConfig, finetune
-from ..finetuning._bn import _recalibrate_bn
 from ..io import atomic_path, read_json, sha256_file, write_json_atomic
 from ..serialization import RECIPE_FILE, WEIGHTS_FILE, load, read_recipe, save
 from ..transform import transform
@@ -84,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         result = transform(teacher, example, config_from_args(args))
         shared = result.model
     if args.recalibrate_batches:
-        _recalibrate_bn(shared, train, batches=args.recalibrate_batches,
-                        batch_size=min(config.batch_size, 128))
+        recalibrate_bn(shared, DataLoader(train, batch_size=min(config.batch_size, 128)),
+                       batches=args.recalibrate_batches)
     out = Path(args.out)
     tuned = finetune(shared, teacher, train, val, config, output_dir=out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
