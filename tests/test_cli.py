@@ -25,6 +25,16 @@ def test_transform_saves_and_reports(tmp_path, capsys) -> None:
     assert len(recipe["plan"]["groups"]) == 1
 
 
+def test_target_ratio_flags(tmp_path) -> None:
+    out = tmp_path / "saved"
+    assert main(["transform", SPEC, "--input-shape", "1,3,12,12", "--target-ratio", "0.9",
+                 "--no-align", "--out", str(out)]) == 0
+    recipe = json.loads((out / RECIPE_FILE).read_text())
+    assert recipe["config"]["target_ratio"] == 0.9 and recipe["config"]["align"] is False
+    assert recipe["params_after"] <= 0.9 * recipe["params_before"]
+    assert main(["transform", SPEC, "--input-shape", "1,3,12,12", "--target-ratio", "0.05"]) == 7
+
+
 @pytest.mark.parametrize(
     "argv, code, needle",
     [

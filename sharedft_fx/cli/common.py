@@ -59,6 +59,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", help="residual rank: an int, 'full' or 'auto'")
     parser.add_argument("--link", help="lowrank, scale, lowrank+scale or none")
     parser.add_argument("--exclude", action="append", default=None, help="site name pattern")
+    parser.add_argument("--target-ratio", type=float,
+                        help="unique parameters after / before, e.g. 0.5 (chooses groups and ranks)")
+    parser.add_argument("--best-effort", action="store_true",
+                        help="with --target-ratio: return the smallest reachable model instead")
+    parser.add_argument("--no-align", action="store_true", help="keep channel order")
 
 
 def config_from_args(args: argparse.Namespace) -> ShareConfig:
@@ -79,4 +84,10 @@ def config_from_args(args: argparse.Namespace) -> ShareConfig:
         data["link"] = args.link
     if args.exclude:
         data["exclude"] = list(data.get("exclude", [])) + list(args.exclude)
+    if getattr(args, "target_ratio", None) is not None:
+        data["target_ratio"] = args.target_ratio
+    if getattr(args, "best_effort", False):
+        data["best_effort"] = True
+    if getattr(args, "no_align", False):
+        data["align"] = False
     return ShareConfig.from_dict(data)
