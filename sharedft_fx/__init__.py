@@ -13,6 +13,8 @@ from .config import ShareConfig
 from .errors import (
     BudgetError,
     ConfigError,
+    ExportError,
+    ExportSizeError,
     InputError,
     NonFiniteWeightError,
     PassError,
@@ -21,6 +23,7 @@ from .errors import (
     UntrustedFileError,
     VerificationError,
 )
+from .export import ExportResult, OrtCheck, export_onnx, ort_session
 from .planning import SharingPlan
 from .result import GroupReport, SiteReport, TransformResult, count_parameters
 from .serialization import load, save
@@ -34,6 +37,10 @@ __all__ = [
     "transform",
     "save",
     "load",
+    "export_onnx",
+    "ExportResult",
+    "OrtCheck",
+    "ort_session",
     "ShareConfig",
     "SharingPlan",
     "TransformResult",
@@ -50,4 +57,6 @@ __all__ = [
     "VerificationError",
     "BudgetError",
     "UntrustedFileError",
+    "ExportError",
+    "ExportSizeError",
 ]
