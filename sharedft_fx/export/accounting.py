@@ -129,7 +129,7 @@ _NOTEWORTHY = 1024  # tensors smaller than this (shapes, scalars) are not worth 
 
 
 def _origin(shape: tuple[int, ...], tensors: tuple[TorchTensor, ...]) -> str:
-    """``"; dense copy of <bank>"`` when a torch tensor (preferably a bank) has as many elements."""
+    """``"; as large as <bank>"`` when a torch tensor (a bank first) has as many elements."""
     numel = _numel(shape)
     same = [t for t in tensors if t.shape and _numel(t.shape) == numel]
     same.sort(key=lambda t: (".banks." not in t.name, t.name))

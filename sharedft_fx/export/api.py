@@ -100,6 +100,10 @@ class ExportResult:
             f"{self.stored_bytes:>14,}"
         )
         lines.append(f"{'unique torch parameters + buffers':<40} {self.torch_bytes:>14,}")
+        lines.append(
+            f"mode {self.mode}, opset {self.opset}, "
+            f"{'external data' if self.external_data else 'single file'}"
+        )
         if self.checks:
             lines.append(f"{'ONNX Runtime check':<40} {'max abs err':>14} {'rel err':>10}")
             seen: dict[tuple[str, str], list[OrtCheck]] = {}
