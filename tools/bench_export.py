@@ -5,7 +5,7 @@
 For each model: transform at the default config, export the original and the shared model with
 `export_onnx` (same exporter pipeline for both), then measure every (file, memory mode) in a
 fresh subprocess that imports only onnxruntime and numpy, so that its peak RSS
-(``ru_maxrss``) is the session's and not torch's: session-creation time, median latency over
+(``VmHWM``) is the session's and not torch's: session-creation time, median latency over
 `--runs` runs after warm-up, peak RSS. Rounds alternate the order of the sessions to spread the
 noise of a shared machine; latencies of all rounds are pooled before taking the median.
 """
@@ -27,14 +27,22 @@ from pathlib import Path
 WORKER_FLAG = "--worker"
 
 
+def _vm_hwm_kb() -> int:
+    """Peak resident memory of this process (VmHWM). Unlike getrusage's ru_maxrss, which Linux
+    carries over from the parent across fork/exec, VmHWM starts afresh in the new program."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def _worker(path: str, memory: str, runs: int, warmup: int, shape: str) -> None:
     """Runs in a fresh process: one session, timed; prints one JSON line."""
-    import resource
-
     import numpy as np
     import onnxruntime as ort
 
-    baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_kb = _vm_hwm_kb()
     # the same options sharedft_fx.ort_session uses (not imported here: it would load torch)
     kwargs = {"disabled_optimizers": ["ConstantFolding"]} if memory == "shared" else {}
     t0 = time.perf_counter()
@@ -53,7 +61,7 @@ def _worker(path: str, memory: str, runs: int, warmup: int, shape: str) -> None:
         t = time.perf_counter()
         session.run(None, feed)
         times.append(time.perf_counter() - t)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _vm_hwm_kb()
     print(json.dumps({
         "create_s": create_s, "times_s": times, "peak_rss_mb": peak_kb / 1024,
         "baseline_rss_mb": baseline_kb / 1024,

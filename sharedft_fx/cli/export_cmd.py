@@ -10,7 +10,6 @@ directory written by ``sharedft-fx transform --out DIR`` (its recipe names the m
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ from .common import model_from_args
 
 __all__ = ["add_parser", "run"]
 
-log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

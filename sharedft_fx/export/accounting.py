@@ -13,7 +13,6 @@ Example of a broken export (torch's own optimizer folded ``B @ A`` into a dense 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx

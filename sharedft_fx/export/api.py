@@ -30,7 +30,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError

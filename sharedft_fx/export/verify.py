@@ -64,7 +64,8 @@ def random_like(args: tuple, seed: int) -> tuple:
     """Standard-normal inputs shaped like `args` (integer and bool tensors are kept as given)."""
     gen = torch.Generator().manual_seed(seed)
     return tuple(
-        torch.randn(a.shape, generator=gen, dtype=a.dtype) if a.is_floating_point() else a
+        torch.randn(a.shape, generator=gen, dtype=a.dtype).to(a.device)
+        if a.is_floating_point() else a
         for a in args
     )
 
