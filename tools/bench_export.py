@@ -75,6 +75,24 @@ def _measure(path: Path, memory: str, runs: int, warmup: int, shape: str) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _optimized_ops(path: Path, memory: str, folder: Path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually runs (saved optimized model)."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    import sharedft_fx
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.optimized_model_filepath = str(folder / f"{path.stem}-{memory}-optimized.onnx")
+    sharedft_fx.ort_session(path, memory=memory, providers=["CPUExecutionProvider"],
+                            options=options)
+    graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    return dict(sorted(collections.Counter(n.op_type for n in graph.node).items()))
+
+
 def _export(model_name: str, folder: Path, shape: tuple[int, ...]) -> dict[str, object]:
     import torch
     import torchvision
@@ -111,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     shape = (1, 3, args.size, args.size)
     shape_text = ",".join(map(str, shape))
     rows = []
+    graphs: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             exported = _export(name, Path(tmp), shape)
@@ -126,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
                     samples[(label, memory)].append(
                         _measure(path, memory, args.runs, args.warmup, shape_text)
                     )
+            ops = {(s[0], s[2]): _optimized_ops(Path(s[1]), s[2], Path(tmp)) for s in sessions}
+            graphs.append(
+                f"- {name}: ONNX Runtime runs the same graph for shared/fast as for the original: "
+                f"{'yes' if ops[('shared', 'fast')] == ops[('original', 'fast')] else 'NO'} "
+                f"({', '.join(f'{k} {v}' for k, v in ops[('shared', 'fast')].items())}); "
+                f"shared/shared runs {ops[('shared', 'shared')].get('MatMul', 0)} MatMul nodes "
+                "that rebuild weights on every run"
+            )
             base = None
             for label, path, memory in sessions:
                 ms = samples[(label, memory)]
@@ -141,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                         m["peak_rss_mb"] - m["baseline_rss_mb"] for m in ms
                     ),
                 })
-    text = _table(rows, args, argv)
+    text = _table(rows, args, argv) + "\n" + "\n".join(graphs) + "\n"
     print(text)
     if args.out:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
