@@ -67,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
     source = Path(args.model)
     example = example_from_args(args)
     if source.is_dir():
-        model = _model_from_saved(args, source)
         if args.weights:
             raise InputError("--weights does not apply to a saved transform directory")
+        model = _model_from_saved(args, source)
     else:
         config = config_from_args(args)
         model = transform(model_from_args(args), example, config).model
