@@ -14,6 +14,8 @@ from .config import ShareConfig
 from .errors import (
     BudgetError,
     ConfigError,
+    ExportError,
+    ExportSizeError,
     InputError,
     NonFiniteWeightError,
     PassError,
@@ -22,6 +24,7 @@ from .errors import (
     UntrustedFileError,
     VerificationError,
 )
+from .export import ExportResult, OrtCheck, export_onnx, ort_session
 from .finetuning import FinetuneConfig, FinetuneResult, finetune
 from .planning import SharingPlan
 from .result import GroupReport, SiteReport, TransformResult, count_parameters
@@ -40,6 +43,10 @@ __all__ = [
     "recalibrate_bn",
     "save",
     "load",
+    "export_onnx",
+    "ExportResult",
+    "OrtCheck",
+    "ort_session",
     "ShareConfig",
     "SharingPlan",
     "TransformResult",
@@ -56,4 +63,6 @@ __all__ = [
     "VerificationError",
     "BudgetError",
     "UntrustedFileError",
+    "ExportError",
+    "ExportSizeError",
 ]

@@ -16,6 +16,8 @@ __all__ = [
     "VerificationError",
     "BudgetError",
     "UntrustedFileError",
+    "ExportError",
+    "ExportSizeError",
 ]
 
 
@@ -67,3 +69,20 @@ class BudgetError(SharedftError):
 
 class UntrustedFileError(InputError):
     """A file would run code when loaded and the user did not say it is trusted."""
+
+
+class ExportError(SharedftError):
+    """The model could not be exported to ONNX, or the file could not be written."""
+
+    exit_code = 8
+
+
+class ExportSizeError(ExportError):
+    """An export stores more bytes than the model's unique tensors (names the tensors that grew).
+
+    `tensors` holds the names of the ONNX tensors that are not a torch tensor stored once.
+    """
+
+    def __init__(self, message: str, tensors: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.tensors = tuple(tensors)

@@ -12,6 +12,7 @@ Errors print one line (``--debug`` shows the traceback) and exit non-zero; exit 
 5     a graph pass failed
 6     a verification failed (rewrite, export or ONNX Runtime check)
 7     the parameter budget cannot be reached
+8     the ONNX export failed (exporter error, or the file would store a tensor twice)
 130   interrupted
 ====  ===============================================================
 """
@@ -36,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "diff": ".diff_cmd",
     "finetune": ".finetune_cmd",
     "demo": ".demo_cmd",
+    "export": ".export_cmd",
 }
 
 
