@@ -28,10 +28,11 @@ from torch.utils.data import DataLoader
 
 from .config import ShareConfig
 from .data import digits_splits
-from .errors import VerificationError
+from .export import export_onnx, ort_session
 from .finetuning import FinetuneConfig, finetune
 from .calibration import recalibrate_bn
 from .reference_nets import DigitsResNet, _train, evaluate_accuracy, trained_reference
+from .report import GraphDiff
 from .result import count_parameters
 from .transform import transform
 
@@ -93,6 +94,7 @@ class DemoResult:
     reference: dict[str, Any] = field(default_factory=dict)
     share_config: dict[str, Any] = field(default_factory=dict)
     finetune_config: dict[str, Any] = field(default_factory=dict)
+    report_markdown: str = ""  # GraphDiff of the transform, fine-tune, accuracy and latency
 
     @property
     def param_reduction(self) -> float:
@@ -155,37 +157,16 @@ def _latencies_ms(fns: list[Any], x: Any, runs: int) -> list[float]:
 
 def _export_and_check(model: nn.Module, example: torch.Tensor, path: Path,
                       check_inputs: torch.Tensor) -> tuple[int, Any]:
-    """Export `model` to ONNX (dynamo exporter without its constant folding, then the onnxscript
-    optimizer with a small input-size limit so that the shared weights stay shared), run it in
-    ONNX Runtime on `check_inputs` and compare with torch.
+    """`export_onnx` (compact: every bank stored once, checked in ONNX Runtime on real test
+    images `check_inputs` and random inputs), then an ONNX Runtime session (memory="fast").
 
     Returns (file bytes incl. external data, a function running the session on a numpy array).
-    To be replaced by ``sharedft_fx.export_onnx`` (issue 5).
     """
-    import onnxruntime as ort
-    import onnxscript
-
-    model = model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program = torch.onnx.export(model, (example,), dynamo=True, optimize=False,
-                                input_names=["input"], dynamic_shapes=({0: "batch"},),
-                                verbose=False)
-    onnxscript.optimizer.optimize(program.model, input_size_limit=16)
-    program.save(str(path))
-    size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    del example  # the exported graph has a dynamic batch axis: real test images serve as example
+    exported = export_onnx(model, check_inputs, path)
+    session = ort_session(exported.path, memory="fast")
     name = session.get_inputs()[0].name
-    got = torch.from_numpy(session.run(None, {name: check_inputs.numpy()})[0])
-    with torch.no_grad():
-        want = model(check_inputs)
-    err = float((got - want).norm() / want.norm().clamp_min(1e-12))
-    if not err <= 1e-4:
-        raise VerificationError(
-            f"ONNX Runtime output of {path.name} differs from torch (relative error {err:.2e})"
-        )
-    return size, lambda a: session.run(None, {name: a})
+    return exported.bytes, lambda a: session.run(None, {name: a})
 
 
 def run_demo(fast: bool = False, out_dir: str | Path | None = None, seed: int = 0,
@@ -201,7 +182,8 @@ def run_demo(fast: bool = False, out_dir: str | Path | None = None, seed: int = 
 
     t = time.perf_counter()
     example = splits.train.tensors[0][:8]
-    shared = transform(original, example, plan.share).model
+    shared_result = transform(original, example, plan.share)
+    shared = shared_result.model
     seconds["transform"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -239,5 +221,12 @@ def run_demo(fast: bool = False, out_dir: str | Path | None = None, seed: int = 
             for (label, model), latency in zip(models.items(), ms)
         ]
         seconds["export+evaluate"] = time.perf_counter() - t
+    report = GraphDiff.from_transform(
+        shared_result, original=original, finetuned=tuned, title="sharedft-fx demo: digits ResNet",
+        metrics={
+            "accuracy": {r.model: r.test_accuracy for r in rows}, "accuracy_metric": "test top-1",
+            "latency_ms": {r.model: r.latency_ms for r in rows},
+        },
+    )
     return DemoResult(rows[0], rows[1], recal_acc, seconds, info, plan.share.to_dict(),
-                      plan.finetune.to_dict())
+                      plan.finetune.to_dict(), report.to_markdown())

@@ -8,7 +8,7 @@ import dataclasses
 import time
 
 from ..demo import FAST, FULL, run_demo
-from ..io import write_json_atomic
+from ..io import write_json_atomic, write_text_atomic
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--no-onnx", action="store_true", help="skip ONNX export (torch latency)")
     p.add_argument("--json", help="also write the table as JSON to this file")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--report", help="write the Markdown graph-diff report of the run here")
     return p
 
 
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"BN recalibration alone: {result.recalibrated_accuracy:.2%} test accuracy; "
           f"{total:.0f} s in all ({stages})")
+    if args.report:
+        write_text_atomic(args.report, result.report_markdown)
     if args.json:
         write_json_atomic(args.json, {**result.to_dict(), "total_seconds": total})
     return 0
