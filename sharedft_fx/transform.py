@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from .config import ShareConfig
 from .errors import ConfigError, InputError, NonFiniteWeightError, VerificationError
@@ -154,7 +155,13 @@ def transform(
     pipeline = default_pipeline(config, plan, example_inputs=args, calibration=calibration)
     tolerance = _tolerance(model, PASS_CHECK_TOLERANCE)
     check = OutputCheck(args, reference, tolerance) if config.verify else None
-    results = PassManager(pipeline, check)(root)
+    aligned: list[Any] = []  # outputs of the model after channel alignment, before sharing
+
+    def after_each(p: Any, r: Any) -> None:
+        if isinstance(p, AlignChannels) and r.modified and config.verify:
+            aligned.append(_check_alignment(r.module, model, args, reference, tolerance))
+
+    results = PassManager(pipeline, check, after_each)(root)
     group_pass = next(p for p in pipeline if isinstance(p, GroupConvSites))
     share_pass = next(p for p in pipeline if isinstance(p, ShareConvWeights))
     gate_pass = next((p for p in pipeline if isinstance(p, AddSkipGates)), None)
@@ -172,7 +179,8 @@ def transform(
     _unalias(new, model)
     new.train(model.training)
     if config.verify:
-        _verify_wiring(new, share_pass, args, reference, _tolerance(model, VERIFY_TOLERANCE))
+        expected = aligned[0] if aligned else reference
+        _verify_wiring(new, share_pass, args, expected, _tolerance(model, VERIFY_TOLERANCE))
     recalibrated = 0
     if calibration is not None:
         recalibrated = recalibrate_bn_count(new, calibration, batches=config.calibration_batches)
@@ -199,6 +207,43 @@ def transform(
     )
     log.info("%s", result.summary())
     return result
+
+
+def _as_double(tree: Any) -> Any:
+    return pytree.tree_map(
+        lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, tree
+    )
+
+
+def _check_alignment(
+    aligned: nn.Module, original: nn.Module, args: tuple, reference: Any, tolerance: float
+) -> Any:
+    """Channel alignment must not change the function; returns the aligned model's outputs.
+
+    In float32 a permutation reorders sums, which a random-init net can amplify past any fixed
+    tolerance; when float32 is inconclusive both models are compared in float64 (must agree to
+    1e-9), on copies.
+    """
+    out = _run(aligned, args)
+    if tree_relative_error(out, reference) <= tolerance:
+        return out
+    try:
+        err = tree_relative_error(
+            _run(copy.deepcopy(aligned).double(), _as_double(args)),
+            _run(copy.deepcopy(original).double(), _as_double(args)),
+        )
+    except Exception as exc:  # noqa: BLE001 - a model that cannot run in float64
+        raise VerificationError(
+            f"after channel alignment the outputs moved by {tree_relative_error(out, reference):.3e}"
+            f" (float32) and the float64 re-check could not run ({type(exc).__name__}: {exc}); "
+            "pass align=False to skip the alignment"
+        ) from exc
+    if not err <= 1e-9:
+        raise VerificationError(
+            f"channel alignment changed the model's function (float64 relative error {err:.3e}); "
+            "this is a bug in sharedft-fx, please report it; align=False avoids the pass"
+        )
+    return out
 
 
 def _tolerance(model: nn.Module, base: float) -> float:

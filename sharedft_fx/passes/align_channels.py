@@ -241,7 +241,10 @@ class AlignChannels(Pass):
 
     @property
     def preserves_outputs(self) -> bool:
-        return True
+        # exactly in real arithmetic, but permuting channels reorders float sums, which a
+        # random-init net can amplify past a fixed float32 tolerance: `transform` checks it
+        # against the original (in float64 when float32 is inconclusive)
+        return False
 
     def _groups(self, module: nn.Module) -> list[list[str]]:
         """Site names of each planned group (the plan's, or consecutive shape runs)."""

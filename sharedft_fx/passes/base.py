@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -98,9 +98,15 @@ class PassManager:
     Any failure is raised as an error naming the failing pass and the passes that ran before it.
     """
 
-    def __init__(self, passes: Sequence[Pass], check: OutputCheck | None = None) -> None:
+    def __init__(
+        self,
+        passes: Sequence[Pass],
+        check: OutputCheck | None = None,
+        after_each: Callable[[Pass, PassResult], None] | None = None,
+    ) -> None:
         self.passes = list(passes)
         self.check = check
+        self.after_each = after_each  # called after each pass (and its lint and check)
 
     def __call__(self, module: nn.Module) -> list[PassResult]:
         results: list[PassResult] = []
@@ -123,6 +129,8 @@ class PassManager:
                 raise PassError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
             results.append(PassResult(result.module, result.modified, dict(result.counts), p.name))
             log.debug("%s: modified=%s counts=%s", p.name, result.modified, dict(result.counts))
+            if self.after_each is not None:
+                self.after_each(p, results[-1])
             if self.check is None or not result.modified:
                 continue
             if not p.preserves_outputs:
