@@ -27,7 +27,7 @@ def test_ci_runs_the_readme_install_and_test_commands() -> None:
     install, test = setup_commands()[1].split(" && ")[1:]
     assert install.replace(" -q", "") in ci.replace(" -q", "")
     assert test.split(".venv/bin/python -m pytest")[0] == ""
-    assert ".venv/bin/python -m pytest -q" in ci
+    assert ".venv/bin/python -m pytest -q -n 2" in ci
     assert "python3 -m venv .venv" in ci
 
 
