@@ -9,12 +9,11 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from .errors import ConfigError
+from .config_io import ConfigIO, help_field as _help
 
 __all__ = ["ShareConfig", "LINK_KINDS", "RankSpec"]
 
@@ -23,12 +22,10 @@ RankSpec = Union[int, str]
 _JSON_SCALARS = (type(None), bool, int, float, str)
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass(frozen=True)
-class ShareConfig:
+class ShareConfig(ConfigIO):
     """How `transform` shares convolution weights. Validated on construction."""
 
     rank: RankSpec = _help(
@@ -184,44 +181,3 @@ class ShareConfig:
     @property
     def uses_lowrank(self) -> bool:
         return self.link in ("lowrank", "lowrank+scale")
-
-    def replace(self, **changes: Any) -> "ShareConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else (
-                dict(value) if isinstance(value, Mapping) else value
-            )
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ShareConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a ShareConfig must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown ShareConfig field(s) {unknown}; valid fields: {sorted(known)}"
-            )
-        return cls(**dict(data))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "ShareConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"ShareConfig JSON is malformed: {exc}") from None
-        return cls.from_dict(data)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text (used by the CLI and the docs)."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}

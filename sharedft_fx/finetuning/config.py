@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ConfigError
+from ..config_io import ConfigIO, help_field as _help
 
 __all__ = ["FinetuneConfig", "OPTIMIZERS", "AMP_MODES", "OUTPUT_LOSSES", "BANK_LR_SCALES"]
 
@@ -22,12 +21,10 @@ OUTPUT_LOSSES = ("auto", "kl", "mse")
 BANK_LR_SCALES = ("1/k", "1/sqrt(k)", "none")
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(ConfigIO):
     """Recipe of a fine-tune: losses, optimizer, schedule, checkpoints. Validated on construction.
 
     The defaults are the recipe measured in BENCHMARKS.md (digits ResNet at 36% of its
@@ -159,41 +156,3 @@ class FinetuneConfig:
         if not ok or (value <= 0 if positive else value < 0):
             bound = "> 0" if positive else ">= 0"
             raise ConfigError(f"FinetuneConfig.{name} must be a number {bound}, got {value!r}")
-
-    def replace(self, **changes: Any) -> "FinetuneConfig":
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-            for f in dataclasses.fields(self)
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FinetuneConfig":
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"a FinetuneConfig must be a JSON object, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown FinetuneConfig field(s) {unknown}; valid fields: {sorted(known)}"
-            )
-        return cls(**dict(data))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FinetuneConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"FinetuneConfig JSON is malformed: {exc}") from None
-        return cls.from_dict(data)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text (used by the CLI and the docs)."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
