@@ -7,6 +7,7 @@ unshared when its bank plus links would cost as many parameters as the convs it 
 
 from __future__ import annotations
 
+import math
 import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,10 +47,7 @@ class SiteCandidate:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.weight_shape:
-            n *= s
-        return n
+        return math.prod(self.weight_shape)
 
     @property
     def out_channels(self) -> int:

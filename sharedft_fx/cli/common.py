@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -11,9 +10,12 @@ from torch import nn
 
 from ..config import ShareConfig
 from ..errors import ConfigError, InputError
+from ..io import read_json
 from ..model_spec import build_model, load_weights, parse_shape
+from ..serialization import RECIPE_FILE, read_recipe
 
 __all__ = [
+    "saved_model_spec",
     "add_model_args",
     "add_config_args",
     "model_from_args",
@@ -69,15 +71,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ShareConfig:
     data: dict = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise InputError(f"config file {path} does not exist")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid JSON ({exc})") from None
+        data = read_json(args.config, "config file")
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
+            raise ConfigError(f"config file {args.config} must hold a JSON object")
     if args.rank is not None:
         data["rank"] = int(args.rank) if args.rank.isdigit() else args.rank
     if args.link is not None:
@@ -91,3 +87,15 @@ def config_from_args(args: argparse.Namespace) -> ShareConfig:
     if getattr(args, "no_align", False):
         data["align"] = False
     return ShareConfig.from_dict(data)
+
+
+def saved_model_spec(directory: Path) -> tuple[dict, str]:
+    """The recipe of a saved transform and the model spec it records (to rebuild the model)."""
+    recipe = read_recipe(directory)
+    spec = recipe.get("model_spec")
+    if not spec:
+        raise InputError(
+            f"{directory / RECIPE_FILE} records no model_spec; save with "
+            "save(result, dir, model_spec='torchvision:NAME') so the model can be rebuilt"
+        )
+    return recipe, spec

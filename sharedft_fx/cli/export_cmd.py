@@ -18,10 +18,10 @@ from torch import nn
 from ..errors import InputError
 from ..export import EXPORT_MODES, EXTERNAL_DATA_THRESHOLD, export_onnx
 from ..model_spec import build_model
-from ..serialization import RECIPE_FILE, load, read_recipe
+from ..serialization import load
 from ..transform import transform
 from .common import add_config_args, add_model_args, config_from_args, example_from_args
-from .common import model_from_args
+from .common import model_from_args, saved_model_spec
 
 __all__ = ["add_parser", "run"]
 
@@ -52,13 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _model_from_saved(args: argparse.Namespace, directory: Path) -> nn.Module:
-    recipe = read_recipe(directory)
-    spec = recipe.get("model_spec")
-    if not spec:
-        raise InputError(
-            f"{directory / RECIPE_FILE} does not record a model spec (it was saved without "
-            "model_spec); export the model from Python with sharedft_fx.load + export_onnx"
-        )
+    _, spec = saved_model_spec(directory)
     torch.manual_seed(args.seed)
     return load(build_model(spec, num_classes=args.num_classes), directory).eval()
 

@@ -11,7 +11,6 @@ is rebuilt from its recipe's ``model_spec`` and compared with a fresh instance o
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -19,10 +18,11 @@ from ..config import ShareConfig
 from ..errors import InputError
 from ..model_spec import build_model, load_weights
 from ..report import GraphDiff
-from ..serialization import recipe_permutations, RECIPE_FILE, load, read_recipe
+from ..io import read_json
+from ..serialization import load, recipe_permutations
 from ..transform import transform
 from .common import add_config_args, add_model_args, config_from_args, example_from_args
-from .common import model_from_args
+from .common import model_from_args, saved_model_spec
 
 __all__ = ["add_parser", "run"]
 
@@ -54,15 +54,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _metrics(path: str | None) -> dict | None:
     if not path:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"metrics file {p} does not exist")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"metrics file {p} is not valid JSON ({exc})") from None
+    data = read_json(path, "metrics file")
     if not isinstance(data, dict):
-        raise InputError(f"metrics file {p} must hold a JSON object")
+        raise InputError(f"metrics file {path} must hold a JSON object")
     return data
 
 
@@ -72,13 +66,7 @@ def build_report(args: argparse.Namespace) -> GraphDiff:
     metrics = _metrics(args.metrics)
     target = Path(args.model)
     if target.is_dir():
-        recipe = read_recipe(target)
-        spec = recipe.get("model_spec")
-        if not spec:
-            raise InputError(
-                f"{target / RECIPE_FILE} records no model_spec; save with "
-                "save(result, dir, model_spec='torchvision:NAME') so the original can be rebuilt"
-            )
+        recipe, spec = saved_model_spec(target)
         original = build_model(spec, num_classes=args.num_classes).eval()
         if args.weights:
             original = load_weights(original, args.weights, trust_pickle=args.trust_pickle).eval()

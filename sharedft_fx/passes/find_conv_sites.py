@@ -9,6 +9,7 @@ such as weight standardization or TF-style padding, which the tracer enters).
 
 from __future__ import annotations
 
+import math
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -47,10 +48,7 @@ class ConvUse:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.weight_shape:
-            n *= s
-        return n
+        return math.prod(self.weight_shape)
 
     @property
     def key(self) -> tuple:
