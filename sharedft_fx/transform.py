@@ -42,6 +42,7 @@ __all__ = ["transform", "as_args", "eval_mode", "check_finite", "VERIFY_TOLERANC
 log = logging.getLogger(__name__)
 
 VERIFY_TOLERANCE = 1e-5
+FLOAT64_TOLERANCE = 1e-6
 PASS_CHECK_TOLERANCE = 1e-4
 
 
@@ -221,8 +222,9 @@ def _check_alignment(
     """Channel alignment must not change the function; returns the aligned model's outputs.
 
     In float32 a permutation reorders sums, which a random-init net can amplify past any fixed
-    tolerance; when float32 is inconclusive both models are compared in float64 (must agree to
-    1e-9), on copies.
+    tolerance; when float32 is inconclusive both models are compared in float64, on copies. A
+    wrong permutation moves outputs by O(1); the float64 bound (1e-6) leaves room for nets so
+    chaotic that they amplify float64 rounding too (efficientnet_v2_m at random init: 3e-9).
     """
     out = _run(aligned, args)
     if tree_relative_error(out, reference) <= tolerance:
@@ -238,7 +240,7 @@ def _check_alignment(
             f" (float32) and the float64 re-check could not run ({type(exc).__name__}: {exc}); "
             "pass align=False to skip the alignment"
         ) from exc
-    if not err <= 1e-9:
+    if not err <= FLOAT64_TOLERANCE:
         raise VerificationError(
             f"channel alignment changed the model's function (float64 relative error {err:.3e}); "
             "this is a bug in sharedft-fx, please report it; align=False avoids the pass"
