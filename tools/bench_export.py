@@ -1,6 +1,6 @@
 """Side-by-side ONNX Runtime benchmark of original vs shared exports (resnet18, resnet50).
 
-    PYTHONPATH=. python tools/bench_export.py --out BENCHMARKS-export.md
+    PYTHONPATH=. python tools/bench_export.py --out out/bench_export.md
 
 For each model: transform at the default config, export the original and the shared model with
 `export_onnx` (same exporter pipeline for both), then measure every (file, memory mode) in a

@@ -11,7 +11,7 @@ Each net's rows are written to ``<out>/<net>.json`` as soon as they are measured
 of every net found there to the Markdown file, so nets can be run in separate invocations::
 
     python tools/bench_policy.py --nets vgg mobilenet
-    python tools/bench_policy.py --nets resnet --markdown BENCHMARKS-policy.md
+    python tools/bench_policy.py --nets resnet --markdown out/bench_policy.md
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-activation", action="store_true",
                         help="skip the activation-aware plan (saves time)")
     parser.add_argument("--out", default="out/bench_policy", help="folder of per-net JSON rows")
-    parser.add_argument("--markdown", default="BENCHMARKS-policy.md")
+    parser.add_argument("--markdown", default="out/bench_policy.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     epochs = dict(DEFAULT_EPOCHS)

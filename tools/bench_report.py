@@ -3,7 +3,7 @@
 The transform runs once, untimed; each timed round builds `GraphDiff.from_transform(result,
 original=model)` (which traces the original for the node diff) and writes JSON, Markdown and HTML.
 
-    PYTHONPATH=. python tools/bench_report.py --model resnet50 --rounds 5 --write BENCHMARKS-report.md
+    PYTHONPATH=. python tools/bench_report.py --model resnet50 --rounds 5 --write out/bench_report.md
 """
 
 from __future__ import annotations

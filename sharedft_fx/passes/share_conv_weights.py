@@ -166,7 +166,7 @@ class ShareConvWeights(Pass):
             return link, float("nan")
         # float64 temporaries are freed as soon as possible: peak memory is one bank and one
         # residual of the largest layer, not several copies of it
-        residual = weight.detach().to(torch.float64).reshape(out, -1)
+        residual = weight.detach().to(torch.float64, copy=True).reshape(out, -1)
         norm = torch.linalg.vector_norm(residual).item()
         scale = None
         if kind in ("scale", "lowrank+scale"):
