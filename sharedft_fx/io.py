@@ -10,7 +10,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_text_atomic", "write_json_atomic", "sha256_file", "read_json"]
+__all__ = [
+    "atomic_path",
+    "write_text_atomic",
+    "write_json_atomic",
+    "sha256_file",
+    "read_json",
+    "check_format",
+]
 
 from .errors import InputError
 
@@ -69,3 +76,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_format(document: Any, *, fmt: str, version: int, what: str, kind: str) -> dict:
+    """`document` as a dict of format `fmt` and version `version`, else an `InputError`.
+
+    `what` names the file in the message, `kind` says what it should be ("recipe", ...).
+    """
+    if not isinstance(document, dict) or document.get("format") != fmt:
+        raise InputError(f"{what} is not a sharedft-fx {kind}")
+    if document.get("version") != version:
+        raise InputError(
+            f"{what} has {kind} version {document.get('version')!r}; this sharedft-fx reads "
+            f"version {version}"
+        )
+    return document

@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import ShareConfig
 from .errors import InputError
-from .io import atomic_path, read_json, sha256_file, write_json_atomic
+from .io import atomic_path, check_format, read_json, sha256_file, write_json_atomic
 from .passes import PassManager, default_pipeline
 from .planning import SharingPlan
 from .result import TransformResult
@@ -79,14 +79,8 @@ def read_recipe(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_dir():
         raise InputError(f"saved transform directory {path} does not exist")
     recipe = read_json(path / RECIPE_FILE, "recipe")
-    if not isinstance(recipe, dict) or recipe.get("format") != _FORMAT:
-        raise InputError(f"{path / RECIPE_FILE} is not a sharedft-fx recipe")
-    if recipe.get("version") != _VERSION:
-        raise InputError(
-            f"{path / RECIPE_FILE} has recipe version {recipe.get('version')!r}; this sharedft-fx "
-            f"reads version {_VERSION}"
-        )
-    return recipe
+    return check_format(recipe, fmt=_FORMAT, version=_VERSION, what=str(path / RECIPE_FILE),
+                        kind="recipe")
 
 
 def load(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:

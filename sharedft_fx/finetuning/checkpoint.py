@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, check_format
 
 __all__ = ["CHECKPOINT_FILE", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
@@ -67,11 +67,5 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated or foreign files
         raise InputError(f"checkpoint {p} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != _FORMAT:
-        raise InputError(f"{p} is not a sharedft-fx fine-tune checkpoint")
-    if state.get("version") != _VERSION:
-        raise InputError(
-            f"{p} has checkpoint version {state.get('version')!r}; this sharedft-fx reads "
-            f"version {_VERSION}"
-        )
-    return state
+    return check_format(state, fmt=_FORMAT, version=_VERSION, what=str(p),
+                        kind="fine-tune checkpoint")
