@@ -100,12 +100,8 @@ def prune_unused_initializers(model: onnx.ModelProto) -> list[str]:
     def collect(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             used.update(node.input)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        collect(g)
+            for sub in _subgraphs(node):
+                collect(sub)
 
     collect(model.graph)
     keep = [t for t in model.graph.initializer if t.name in used]
@@ -205,12 +201,8 @@ def strip_debug_info(graph: onnx.GraphProto) -> None:
     for node in graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                strip_debug_info(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    strip_debug_info(g)
+        for sub in _subgraphs(node):
+            strip_debug_info(sub)
     for value in list(graph.value_info) + list(graph.input) + list(graph.output):
         del value.metadata_props[:]
     for tensor in graph.initializer:
@@ -254,3 +246,12 @@ def _torchscript(
         input_names=input_names, output_names=output_names, dynamic_axes=axes,
     )
     return onnx.load_from_string(buf.getvalue())
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held by a node's attributes (If / Loop / Scan bodies)."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
