@@ -16,7 +16,7 @@ After (``link="lowrank"``)::
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar, Iterator, Mapping
+from typing import Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -77,7 +77,9 @@ class LowRankLink(WeightLink):
         self.A = nn.Parameter(a)
 
     def forward(self, bank: torch.Tensor) -> torch.Tensor:
-        return bank + torch.matmul(self.B, self.A).reshape(bank.shape)
+        # the bank is added in place to the product: one temporary of the weight's size, not two
+        # (the same sum as bank + B @ A, bit for bit; matmul's backward does not need its output)
+        return torch.matmul(self.B, self.A).reshape(bank.shape).add_(bank)
 
 
 class ScaleLink(WeightLink):
@@ -155,8 +157,11 @@ def make_link(kind: str, *, scale=None, b=None, a=None) -> WeightLink:
 
 
 @contextlib.contextmanager
-def feed_weights(links: Mapping[WeightLink, torch.Tensor]) -> Iterator[None]:
-    """Within the block each given link returns the given tensor instead of its effective weight.
+def feed_weights(
+    links: Mapping[WeightLink, torch.Tensor | Callable[[], torch.Tensor]]
+) -> Iterator[None]:
+    """Within the block each given link returns the given tensor instead of its effective weight
+    (or calls the given function for it each time, so that no copy is held).
 
     Used to check a rewrite's wiring: feeding every site its original weight must reproduce the
     original model to float precision.
@@ -164,7 +169,8 @@ def feed_weights(links: Mapping[WeightLink, torch.Tensor]) -> Iterator[None]:
     patched = []
     try:
         for link, weight in links.items():
-            link.forward = (lambda w: (lambda bank: w))(weight)  # type: ignore[method-assign]
+            read = weight if callable(weight) else (lambda w: (lambda: w))(weight)
+            link.forward = (lambda r: (lambda bank: r()))(read)  # type: ignore[method-assign]
             patched.append(link)
         yield
     finally:

@@ -7,7 +7,7 @@ what the tolerances of sharedft-fx mean (element-wise closeness is fragile on de
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch.utils import _pytree as pytree
@@ -19,6 +19,9 @@ __all__ = [
     "lowrank_factors",
     "rank_for_tolerance",
     "channel_scale",
+    "subtract_rows_",
+    "residual_norm",
+    "row_chunks",
 ]
 
 
@@ -136,7 +139,9 @@ def _randomized_range(residual: torch.Tensor, rank: int) -> torch.Tensor:
     omega = torch.randn(n, width, generator=gen, dtype=residual.dtype, device=residual.device)
     q, _ = torch.linalg.qr(residual @ omega)
     for _ in range(_POWER_ITERATIONS):
-        z, _ = torch.linalg.qr(residual.T @ q)
+        # (qᵀ R)ᵀ rather than Rᵀ q: no transposed pass over the large residual, for which the
+        # BLAS keeps a buffer of the residual's size for the rest of the process
+        z, _ = torch.linalg.qr((q.T @ residual).T)
         q, _ = torch.linalg.qr(residual @ z)
     small = q.T @ residual  # width x n: exact SVD of the projection via its Gram matrix
     evals, evecs = torch.linalg.eigh(small @ small.T)
@@ -156,12 +161,57 @@ def rank_for_tolerance(residual: torch.Tensor, reference_norm: float, tolerance:
     return int(ok[0].item()) if len(ok) else int(len(sigma))
 
 
+ROW_CHUNK_ELEMENTS = 1 << 18  # row-chunked float64 temporaries stay near 2 MiB
+
+
+def row_chunks(rows: int, cols: int) -> Iterator[slice]:
+    """Slices of consecutive rows holding about ROW_CHUNK_ELEMENTS elements each."""
+    step = max(1, ROW_CHUNK_ELEMENTS // max(cols, 1))
+    for start in range(0, rows, step):
+        yield slice(start, min(rows, start + step))
+
+
+def subtract_rows_(
+    target: torch.Tensor, base: torch.Tensor, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``target -= scale[:, None] * base`` in place, a few rows at a time, in target's dtype.
+
+    `base` (2-D, any float dtype) is cast one chunk at a time, so no full-size copy is made.
+    """
+    for rows in row_chunks(*target.shape):
+        part = base[rows].to(target.dtype)
+        if scale is not None:
+            part = part * scale[rows].to(target.dtype)[:, None]
+        target[rows] -= part
+    return target
+
+
+def residual_norm(
+    residual: torch.Tensor, b: torch.Tensor | None = None, a: torch.Tensor | None = None
+) -> float:
+    """``||residual - b @ a||`` (``||residual||`` without factors), in residual's dtype, without
+    forming the full product."""
+    if b is None or a is None:
+        return torch.linalg.vector_norm(residual).item()
+    a = a.to(residual.dtype)
+    total = 0.0
+    for rows in row_chunks(*residual.shape):
+        total += torch.linalg.vector_norm(residual[rows] - b[rows].to(residual.dtype) @ a).item() ** 2
+    return math.sqrt(total)
+
+
 def channel_scale(weight: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Least-squares per-output-channel scale s minimising ||W - s·bank|| (s = 1 where bank is 0)."""
+    """Least-squares per-output-channel scale s minimising ||W - s·bank|| (s = 1 where bank is 0).
+
+    Computed in weight's dtype, a few rows at a time."""
     w = weight.reshape(weight.shape[0], -1)
     b = bank.reshape(bank.shape[0], -1)
-    num = (w * b).sum(dim=1)
-    den = (b * b).sum(dim=1)
+    num = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
+    den = torch.empty_like(num)
+    for rows in row_chunks(*w.shape):
+        part = b[rows].to(w.dtype)
+        num[rows] = (w[rows] * part).sum(dim=1)
+        den[rows] = (part * part).sum(dim=1)
     scale = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), torch.ones_like(den))
     return scale
 

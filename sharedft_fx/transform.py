@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import logging
 from typing import Any, Iterable, Iterator
 
@@ -28,6 +29,7 @@ from torch.utils import _pytree as pytree
 from .config import ShareConfig
 from .errors import ConfigError, InputError, NonFiniteWeightError, VerificationError
 from .links import feed_weights
+from .memory import release_free_memory
 from .numerics import tree_relative_error
 from .calibration import recalibrate_bn_count
 from .passes import AddSkipGates, AlignChannels, GroupConvSites, OutputCheck, PassManager
@@ -69,7 +71,7 @@ def check_finite(model: nn.Module) -> None:
     """Raise `NonFiniteWeightError` naming the first parameter or buffer that holds NaN/Inf."""
     for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in items:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if t.is_floating_point() and not _all_finite(t):
                 bad = int((~torch.isfinite(t)).sum())
                 layer = name.rpartition(".")[0] or "<top-level module>"
                 raise NonFiniteWeightError(
@@ -78,9 +80,20 @@ def check_finite(model: nn.Module) -> None:
                 )
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """True when `t` holds no NaN/Inf; a sum propagates both, so the element-wise check (a
+    temporary of the tensor's size) only runs when the sum is not finite (or overflowed)."""
+    with torch.no_grad():
+        if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+            return True
+        return bool(torch.isfinite(t).all())
+
+
 def _run(model: nn.Module, args: tuple) -> Any:
     with eval_mode(model), torch.no_grad():
-        return model(*args)
+        out = model(*args)
+    release_free_memory()  # the forward's temporaries, freed but still resident
+    return out
 
 
 def _detached_copy(model: nn.Module) -> nn.Module:
@@ -100,13 +113,20 @@ def _detached_copy(model: nn.Module) -> nn.Module:
 
 
 def _unalias(result: nn.Module, original: nn.Module) -> None:
-    """Clone every parameter of `result` that is still the same tensor as one of `original`."""
-    theirs = {id(p) for p in original.parameters()} | {id(b) for b in original.buffers()}
+    """Clone every parameter or buffer of `result` that is, or shares storage with, one of
+    `original`'s."""
+    held = list(original.parameters()) + list(original.buffers())
+    theirs = {id(t) for t in held}
+    storages = {t.untyped_storage().data_ptr() for t in held if t.numel()}
     clones: dict[int, torch.Tensor] = {}
     for module in result.modules():
         for store in (module._parameters, module._buffers):
             for name, value in list(store.items()):
-                if value is None or id(value) not in theirs:
+                if value is None:
+                    continue
+                if id(value) not in theirs and not (
+                    value.numel() and value.untyped_storage().data_ptr() in storages
+                ):
                     continue
                 if id(value) not in clones:
                     data = value.detach().clone()
@@ -159,6 +179,7 @@ def transform(
     aligned: list[Any] = []  # outputs of the model after channel alignment, before sharing
 
     def after_each(p: Any, r: Any) -> None:
+        release_free_memory()  # the pass's temporaries, freed but still resident
         if isinstance(p, AlignChannels) and r.modified and config.verify:
             aligned.append(_check_alignment(r.module, model, args, reference, tolerance))
 
@@ -216,6 +237,17 @@ def _as_double(tree: Any) -> Any:
     )
 
 
+def _double_copy(model: nn.Module) -> nn.Module:
+    """A float64 copy of `model` made without an intermediate copy in the model's own dtype."""
+    memo: dict[int, Any] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point() and id(t) not in memo:
+            data = t.detach().to(torch.float64, copy=True)
+            memo[id(t)] = (nn.Parameter(data, requires_grad=t.requires_grad)
+                           if isinstance(t, nn.Parameter) else data)
+    return copy.deepcopy(model, memo).double()
+
+
 def _check_alignment(
     aligned: nn.Module, original: nn.Module, args: tuple, reference: Any, tolerance: float
 ) -> Any:
@@ -230,10 +262,13 @@ def _check_alignment(
     if tree_relative_error(out, reference) <= tolerance:
         return out
     try:
-        err = tree_relative_error(
-            _run(copy.deepcopy(aligned).double(), _as_double(args)),
-            _run(copy.deepcopy(original).double(), _as_double(args)),
-        )
+        # one float64 copy at a time, each freed before the next is made
+        expected = _run(_double_copy(original), _as_double(args))
+        gc.collect()
+        err = tree_relative_error(_run(_double_copy(aligned), _as_double(args)), expected)
+        del expected
+        gc.collect()
+        release_free_memory()
     except Exception as exc:  # noqa: BLE001 - a model that cannot run in float64
         raise VerificationError(
             f"after channel alignment the outputs moved by {tree_relative_error(out, reference):.3e}"

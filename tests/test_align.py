@@ -9,9 +9,11 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 import sharedft_fx
 from sharedft_fx import ShareConfig
+from sharedft_fx.lazy_weights import is_lazy, materialize_all
 from sharedft_fx.numerics import tree_relative_error
 from sharedft_fx.passes import ALL_PASSES, AlignChannels, FindConvSites, default_pipeline
 from sharedft_fx.passes.align_channels import find_channel_chains
@@ -140,3 +142,65 @@ def test_save_and_load_keep_the_aligned_weights(tmp_path) -> None:
     loaded = sharedft_fx.load(build_reference("mobilenet").eval(), tmp_path / "saved")
     with torch.no_grad():
         assert tree_relative_error(loaded(x), result.model(x)) <= 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CHAINS))
+def test_lazy_alignment_equals_eager_alignment_and_copies_no_shared_weight(name: str) -> None:
+    model = _net(name)
+    x = torch.randn(2, 1, 16, 16)
+    eager, eager_pass = _aligned(model)
+    work = copy.deepcopy(model, {id(p): p for p in model.parameters() if p.dim() >= 3})
+    gm = fx.symbolic_trace(work)
+    FindConvSites().run(gm)
+    lazy_pass = AlignChannels(ShareConfig(), lazy=True)
+    lazy = lazy_pass.run(gm).module
+    assert lazy_pass.report == eager_pass.report
+    lazy_sites = [m for m in lazy.modules() if is_lazy(m, "weight")]
+    assert lazy_sites
+    user_storage = {p.data_ptr() for p in model.parameters()}
+    assert all(m.parametrizations.weight.original.data_ptr() in user_storage for m in lazy_sites)
+    with torch.no_grad():
+        assert torch.equal(lazy(x), eager(x))
+    assert materialize_all(lazy) == len(lazy_sites)
+    ours = dict(lazy.named_parameters())
+    assert all(torch.equal(ours[n], p) for n, p in eager.named_parameters())
+
+
+@pytest.mark.parametrize("config", [ShareConfig(rank=2), ShareConfig(rank=30),
+                                    ShareConfig(target_ratio=0.95)])
+def test_transform_result_holds_no_lazy_weight(config: ShareConfig) -> None:
+    model = _net("resnet")
+    result = sharedft_fx.transform(model, torch.randn(2, 1, 16, 16), config)  # verified
+    assert result.alignment is not None and result.alignment.permuted > 0
+    assert not any(parametrize.is_parametrized(m) for m in result.model.modules())
+    shared = {s.name for g in result.groups for s in g.sites}
+    permuted = {path.rpartition(".")[0] for path in result.alignment.permutations}
+    if config.rank == 30 or config.target_ratio:
+        # sites aligned for a group the planner then dropped keep their permuted weights
+        assert permuted - shared
+        state = result.model.state_dict()
+        site = sorted(permuted - shared)[0]
+        assert not torch.equal(state[f"{site}.weight"], model.get_parameter(f"{site}.weight"))
+
+
+def test_float64_recheck_accepts_alignment_and_rejects_a_wrong_one() -> None:
+    from sharedft_fx.errors import VerificationError
+    from sharedft_fx.transform import _check_alignment
+
+    model = _net("resnet")
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        ref = model(x)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    aligned, _ = _aligned(model)
+    # tolerance -1: float32 is never conclusive, so the float64 comparison decides
+    out = _check_alignment(aligned, model, (x,), ref, tolerance=-1.0)
+    assert tree_relative_error(out, ref) <= 1e-5
+    assert all(p.dtype == torch.float32 for p in aligned.parameters())
+    assert all(torch.equal(before[k], v) and v.dtype == before[k].dtype
+               for k, v in model.state_dict().items())
+    wrong = copy.deepcopy(aligned)
+    with torch.no_grad():
+        next(m for m in wrong.modules() if isinstance(m, nn.Conv2d)).weight.mul_(1.5)
+    with pytest.raises(VerificationError, match="float64 relative error"):
+        _check_alignment(wrong, model, (x,), ref, tolerance=-1.0)

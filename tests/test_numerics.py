@@ -61,3 +61,25 @@ def test_tree_errors_compare_structure_and_values() -> None:
     assert tree_relative_error(a[:2], a) == math.inf
     assert tree_relative_error(torch.tensor([1, 2]), torch.tensor([1, 3])) == math.inf
     assert tree_relative_error(torch.tensor([float("nan")]), a[:1]) == math.inf
+
+
+def test_row_chunked_helpers_equal_the_whole_matrix_versions(monkeypatch) -> None:
+    import sharedft_fx.numerics as numerics
+
+    monkeypatch.setattr(numerics, "ROW_CHUNK_ELEMENTS", 40)  # 7 x 12 -> chunks of 3 rows
+    assert [(s.start, s.stop) for s in numerics.row_chunks(7, 12)] == [(0, 3), (3, 6), (6, 7)]
+    w = torch.randn(7, 12, dtype=torch.float64)
+    bank = torch.randn(7, 12, dtype=torch.float32)
+    scale = torch.randn(7, dtype=torch.float32)
+    target = w.clone()
+    numerics.subtract_rows_(target, bank)
+    assert torch.equal(target, w - bank.double())
+    target = w.clone()
+    numerics.subtract_rows_(target, bank, scale)
+    assert torch.equal(target, w - bank.double() * scale.double()[:, None])
+    b, a = torch.randn(7, 2), torch.randn(2, 12)
+    whole = torch.linalg.vector_norm(w - b.double() @ a.double()).item()
+    assert numerics.residual_norm(w, b, a) == pytest.approx(whole, rel=1e-12)
+    assert numerics.residual_norm(w) == pytest.approx(torch.linalg.vector_norm(w).item())
+    s = (w * bank.double()).sum(1) / (bank.double() ** 2).sum(1)
+    assert torch.allclose(numerics.channel_scale(w, bank), s, rtol=1e-12)

@@ -133,3 +133,19 @@ def test_output_check_leaves_modes_alone() -> None:
     check.outputs(model)
     assert all(m.training for m in model.modules())
     assert isinstance(model, nn.Module)
+
+
+class ClaimsToModify(Pass):
+    """An analysis pass that says it modified the module (a buggy pass)."""
+
+    name = "claims_to_modify"
+    kind = "analysis"
+
+    def run(self, module):
+        return PassResult(module, True)
+
+
+def test_an_analysis_pass_must_not_modify() -> None:
+    gm, model, x = traced_stack()
+    with pytest.raises(PassError, match="pass 'claims_to_modify'.*analysis pass but reported"):
+        PassManager([FindConvSites(), ClaimsToModify()], OutputCheck((x,), model(x)))(gm)

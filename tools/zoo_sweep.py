@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import gc
 import json
 import logging
 import os
@@ -280,6 +281,8 @@ def worker(name: str) -> dict[str, Any]:
             # of bank + B·A is ~1e-16, so an exact rewrite gives ~1e-10 even after the model
             # amplifies it ~1e5x, and a wrong one stays large.
             stage = "rank='full' in float64"
+            del full, out, ref, ref2  # the largest models need the memory for the float64 copy
+            gc.collect()
             model64 = model.double()
             inputs64 = tuple(_to_double(x) for x in inputs)
             f64 = sharedft_fx.transform(model64, inputs64,

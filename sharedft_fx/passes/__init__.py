@@ -55,7 +55,7 @@ def default_pipeline(
     """
     pipeline: list[Pass] = [FindConvSites()]
     if config.align and initialize:
-        pipeline.append(AlignChannels(config, plan))
+        pipeline.append(AlignChannels(config, plan, lazy=True))
     pipeline += [
         GroupConvSites(config, plan, calibration),
         ShareConvWeights(config, initialize=initialize),

@@ -16,7 +16,7 @@ import logging
 import operator
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.fx as fx
@@ -25,6 +25,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from ..config import ShareConfig
+from ..lazy_weights import permute_lazily
+from ..numerics import row_chunks
 from ..planning import SharingPlan, candidate_runs
 from ..tracing import CONV_TYPES, graph_modules
 from .base import Pass, PassResult
@@ -188,7 +190,110 @@ def find_channel_chains(
 
 
 def _sq(t: torch.Tensor) -> float:
-    return float(t.pow(2).sum(dtype=torch.float64))
+    """||t||² in float64, a slice at a time (no temporary of t's size)."""
+    flat = t.detach().reshape(-1)
+    total = 0.0
+    for piece in row_chunks(flat.numel(), 1):
+        part = flat[piece].to(torch.float64)
+        total += float(torch.dot(part, part))
+    return total
+
+
+class _Search:
+    """State of the alignment search: each shared site's permutations so far and each group's
+    float32 weight sum; no permuted copy of a weight is ever made whole.
+
+    sum_i ||W_i - mean||² = sum_i ||W_i||² - ||sum_i W_i||² / k, and permutations keep ||W_i||²:
+    only the squared norm of each group's sum moves. Every quantity is built a few slices at a
+    time (`row_chunks`), so the search holds the group sums and temporaries of about 2 MiB.
+    """
+
+    def __init__(self, sources: dict[str, torch.Tensor], groups: list[list[str]]) -> None:
+        self.sources = sources
+        self.groups = groups
+        self.group_of = {s: gi for gi, g in enumerate(groups) for s in g}
+        # site -> permutation of dim 0 and of dim 1 (None: unchanged)
+        self.perms: dict[str, list[torch.Tensor | None]] = {s: [None, None] for s in sources}
+        self.sums = []
+        for g in groups:
+            first = sources[g[0]]
+            total = torch.zeros(first.shape, dtype=torch.float32, device=first.device)
+            for s in g:
+                total += sources[s].detach()
+            self.sums.append(total)
+        # squared norms summed in float64; the similarity only ranks channel pairs (float32)
+        self.fixed = [sum(_sq(sources[s].detach().to(torch.float32)) for s in g) for g in groups]
+        self.norms = sum(self.fixed)
+        self.energy = [self.fixed[gi] - _sq(t) / len(g)
+                       for gi, (g, t) in enumerate(zip(groups, self.sums))]
+
+    def part(self, site: str, axis: int, piece: slice,
+             perms: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Slice `piece` along `axis` (0 or 1) of the site's permuted weight, as float32."""
+        perms = self.perms[site] if perms is None else perms
+        w = self.sources[site].detach()
+        index = perms[axis]
+        if index is None:
+            w = w.narrow(axis, piece.start, piece.stop - piece.start)
+        else:
+            w = w.index_select(axis, index[piece].to(w.device))
+        other = perms[1 - axis]
+        if other is not None:
+            w = w.index_select(1 - axis, other.to(w.device))
+        return w.to(torch.float32)
+
+    def similarity(self, moves: list[tuple[str, int]], channels: int) -> torch.Tensor:
+        """score[a, b] = sum over the chain's sites of <rest of the group [a], W [b]> along the
+        moved dim: the gain of giving new channel a the old channel b."""
+        device = self.sums[self.group_of[moves[0][0]]].device
+        score = torch.zeros(channels, channels, dtype=torch.float32, device=device)
+        for site, dim in moves:
+            total = self.sums[self.group_of[site]]
+            axis = 1 if dim == 0 else 0  # conv weights have >= 3 dims: slice along another one
+            for piece in row_chunks(total.shape[axis], total.numel() // total.shape[axis]):
+                w = self.part(site, axis, piece)
+                rest = total.narrow(axis, piece.start, piece.stop - piece.start) - w
+                score += (rest.movedim(dim, 0).reshape(channels, -1)
+                          @ w.movedim(dim, 0).reshape(channels, -1).T)
+        return score
+
+    def _moved(self, site: str, dim: int, perm: torch.Tensor) -> list[torch.Tensor | None]:
+        perms = list(self.perms[site])
+        perms[dim] = perm if perms[dim] is None else perms[dim][perm]
+        return perms
+
+    def _new_sum_pieces(
+        self, gi: int, members: list[tuple[str, int]], perm: torch.Tensor
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        total = self.sums[gi]
+        for piece in row_chunks(total.shape[0], total.numel() // total.shape[0]):
+            new = total[piece].clone()
+            for site, dim in members:
+                new -= self.part(site, 0, piece)
+                new += self.part(site, 0, piece, self._moved(site, dim, perm))
+            yield piece, new
+
+    def try_move(self, moves: list[tuple[str, int]], perm: torch.Tensor) -> bool:
+        """Apply `perm` to the chain's sites if it lowers the total residual energy."""
+        by_group: dict[int, list[tuple[str, int]]] = {}
+        for site, dim in moves:
+            by_group.setdefault(self.group_of[site], []).append((site, dim))
+        new_energy = {
+            gi: self.fixed[gi] - sum(_sq(new) for _, new in self._new_sum_pieces(gi, m, perm))
+            / len(self.groups[gi])
+            for gi, m in by_group.items()
+        }
+        old = sum(self.energy[gi] for gi in by_group)
+        if not sum(new_energy.values()) < old - 1e-6 * max(self.norms, 1e-30):
+            return False
+        for gi, members in by_group.items():
+            # each piece depends only on the same rows of the old sum: update in place
+            for piece, new in self._new_sum_pieces(gi, members, perm):
+                self.sums[gi][piece] = new
+            self.energy[gi] = new_energy[gi]
+        for site, dim in moves:
+            self.perms[site] = self._moved(site, dim, perm)
+        return True
 
 
 def _permute(module: nn.Module, name: str, perm: torch.Tensor, dim: int) -> None:
@@ -221,9 +326,12 @@ class AlignChannels(Pass):
         "The graph is unchanged and the model computes the same outputs: for each chain one "
         "permutation is applied to the producer's output channels and bias, to the BatchNorm "
         "weight, bias, running mean and variance and depthwise filters in between, and to the "
-        "consumer's input channels. Tensors are replaced, never modified in place. The total "
-        "residual energy of the groups never increases (coordinate ascent over chains, at most "
-        "MAX_SWEEPS sweeps), also when it runs again."
+        "consumer's input channels. Tensors are replaced, never modified in place; with "
+        "lazy=True (in `transform`) the weights of shared sites become permuted views of the "
+        "originals (`lazy_weights`), copying nothing, until `share_conv_weights` replaces them. "
+        "The search never holds a permuted copy of a weight. The total residual energy of the "
+        "groups never increases (coordinate ascent over chains, at most MAX_SWEEPS sweeps), "
+        "also when it runs again."
     )
     before = (
         "conv1 = self.layer1.0.conv1(x); bn1 = self.layer1.0.bn1(conv1); relu = F.relu(bn1)\n"
@@ -234,9 +342,14 @@ class AlignChannels(Pass):
         "conv2.weight[:, perm])"
     )
 
-    def __init__(self, config: ShareConfig, plan: SharingPlan | None = None) -> None:
+    def __init__(
+        self, config: ShareConfig, plan: SharingPlan | None = None, lazy: bool = False
+    ) -> None:
         self.config = config
         self.fixed_plan = plan
+        # lazy: the weights of shared sites become permuted views (`lazy_weights`) instead of
+        # permuted copies; `share_conv_weights`, which replaces them, must run next
+        self.lazy = lazy
         self.report = AlignmentReport(0, 0, 0.0, 0.0, 0)
 
     @property
@@ -266,20 +379,13 @@ class AlignChannels(Pass):
                   for c in find_channel_chains(gm, prefix, tied)]
         groups = [g for g in self._groups(module) if len(g) >= 2]
         group_of = {s: gi for gi, g in enumerate(groups) for s in g}
-        # float32 copies: the similarity only ranks channel pairs; squared norms summed in float64
-        weights = {s: module.get_parameter(_join(s, "weight")).detach().to(torch.float32)
-                   for g in groups for s in g}
-        sums = [torch.stack([weights[s] for s in g]).sum(0) for g in groups]
-        norms = sum(_sq(w) for w in weights.values())
-        # sum_i ||W_i - mean||² = sum_i ||W_i||² - ||sum_i W_i||² / k, and permutations keep
-        # ||W_i||²: only the squared norm of each group's sum moves
-        fixed = [sum(_sq(weights[s]) for s in g) for g in groups]
-        energy = [fixed[gi] - _sq(sums[gi]) / len(g) for gi, g in enumerate(groups)]
-        before = sum(energy)
+        sources = {s: module.get_parameter(_join(s, "weight")) for g in groups for s in g}
         affected = []
         for chain in chains:
             moves = [(chain.producer, 0)] + [(m, 0) for m in chain.channelwise] + [(chain.consumer, 1)]
             affected.append([(s, dim) for s, dim in moves if s in group_of])
+        search = _Search(sources, groups)
+        before = sum(search.energy)
         totals = [torch.arange(c.channels) for c in chains]
         sweeps = 0
         for sweeps in range(1, MAX_SWEEPS + 1):
@@ -288,35 +394,28 @@ class AlignChannels(Pass):
                 moves = affected[ci]
                 if not moves:
                     continue
-                score = torch.zeros(chain.channels, chain.channels, dtype=torch.float32)
-                for s, dim in moves:
-                    w = weights[s]
-                    others = sums[group_of[s]] - w
-                    w2 = w.movedim(dim, 0).reshape(chain.channels, -1)
-                    o2 = others.movedim(dim, 0).reshape(chain.channels, -1)
-                    score += o2 @ w2.T  # score[a, b]: new channel a takes old channel b
-                _, cols = linear_sum_assignment(score.numpy(), maximize=True)
+                score = search.similarity(moves, chain.channels)
+                _, cols = linear_sum_assignment(score.cpu().numpy(), maximize=True)
                 perm = torch.as_tensor(cols, dtype=torch.long)
-                if torch.equal(perm, torch.arange(chain.channels)):
+                if torch.equal(perm, torch.arange(chain.channels)) or not search.try_move(moves, perm):
                     continue
-                moved = {s: weights[s].index_select(dim, perm) for s, dim in moves}
-                new_sums: dict[int, torch.Tensor] = {}
-                for s, w in moved.items():
-                    gi = group_of[s]
-                    new_sums[gi] = new_sums.get(gi, sums[gi]) - weights[s] + w
-                new_energy = {gi: fixed[gi] - _sq(t) / len(groups[gi])
-                              for gi, t in new_sums.items()}
-                old = sum(energy[gi] for gi in new_sums)
-                if sum(new_energy.values()) < old - 1e-6 * max(norms, 1e-30):
-                    weights.update(moved)
-                    for gi in new_sums:
-                        sums[gi], energy[gi] = new_sums[gi], new_energy[gi]
-                    totals[ci] = totals[ci][perm]
-                    improved = True
+                totals[ci] = totals[ci][perm]
+                improved = True
             if not improved:
                 break
+        norms = search.norms
+        after = sum(search.energy)
+        del search
         permuted = 0
         record: dict[str, list[tuple[int, tuple[int, ...]]]] = {}
+        pending: dict[str, list[tuple[int, torch.Tensor]]] = {}
+
+        def permute(path: str, name: str, perm: torch.Tensor, dim: int) -> None:
+            if self.lazy and name == "weight" and path in sources:
+                pending.setdefault(path, []).append((dim, perm))
+            else:
+                _permute(module.get_submodule(path), name, perm, dim)
+
         for chain, perm in zip(chains, totals):
             if torch.equal(perm, torch.arange(chain.channels)):
                 continue
@@ -324,15 +423,14 @@ class AlignChannels(Pass):
             order = tuple(int(i) for i in perm)
             record.setdefault(_join(chain.producer, "weight"), []).append((0, order))
             record.setdefault(_join(chain.consumer, "weight"), []).append((1, order))
-            producer = module.get_submodule(chain.producer)
-            _permute(producer, "weight", perm, 0)
-            _permute(producer, "bias", perm, 0)
+            permute(chain.producer, "weight", perm, 0)
+            permute(chain.producer, "bias", perm, 0)
             for path in chain.channelwise:
-                mod = module.get_submodule(path)
                 for name in ("weight", "bias", "running_mean", "running_var"):
-                    _permute(mod, name, perm, 0)
-            _permute(module.get_submodule(chain.consumer), "weight", perm, 1)
-        after = sum(energy)
+                    permute(path, name, perm, 0)
+            permute(chain.consumer, "weight", perm, 1)
+        for path, steps in pending.items():
+            permute_lazily(module.get_submodule(path), "weight", steps)
         scale = norms if norms > 0 else 1.0
         self.report = AlignmentReport(len(chains), permuted, before / scale, after / scale, sweeps,
                                       {k: tuple(v) for k, v in record.items()})

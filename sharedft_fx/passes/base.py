@@ -115,7 +115,8 @@ class PassManager:
         for p in self.passes:
             done = [r.name for r in results]
             where = f"pass {p.name!r}" + (f" (after {', '.join(done)})" if done else "")
-            if self.check is not None and p.preserves_outputs and stale:
+            # analysis passes never change the module (checked below): no new reference needed
+            if self.check is not None and p.preserves_outputs and stale and p.kind != "analysis":
                 expected, stale = self.check.outputs(module), False
             try:
                 result = p(module)
@@ -127,6 +128,9 @@ class PassManager:
                 raise _with_context(exc, where) from exc
             except Exception as exc:  # noqa: BLE001 - name the pass in every error
                 raise PassError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            if p.kind == "analysis" and result.modified:
+                raise PassError(f"{where} is an analysis pass but reported modifying the module; "
+                                "this is a bug in the pass, please report it")
             results.append(PassResult(result.module, result.modified, dict(result.counts), p.name))
             log.debug("%s: modified=%s counts=%s", p.name, result.modified, dict(result.counts))
             if self.after_each is not None:

@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ShareConfig
+from ..lazy_weights import WeightSource, materialize_all, release, weight_source
 from ..links import SharedWeights, WeightLink, make_link
-from ..numerics import channel_scale, lowrank_factors
+from ..memory import release_free_memory
+from ..numerics import channel_scale, lowrank_factors, residual_norm, subtract_rows_
 from ..planning import GroupPlan, SitePlan
 from ..tracing import graph_modules
 from .base import Pass, PassResult
@@ -57,8 +59,10 @@ class ShareConvWeights(Pass):
         "Each group becomes one parameter `sharedft.banks.<group>` (the mean of its weights) and "
         "each site one link `sharedft.links.<site>` (truncated-SVD residual, least-squares "
         "scale, both, or none); conv bias, stride, padding, dilation, groups and padding_mode are "
-        "kept; the original weight parameters are removed. With rank='full' the model's outputs "
-        "are unchanged to float precision. Running it again finds nothing to do."
+        "kept; the original weight parameters are removed, and lazily aligned weights of sites "
+        "left unshared become plain parameters. Weights are read a few rows at a time, so peak "
+        "memory is about one float64 residual of the largest layer. With rank='full' the "
+        "model's outputs are unchanged to float precision. Running it again finds nothing to do."
     )
     before = "conv1 = self.layer1.0.conv1(x)"
     after = (
@@ -72,7 +76,9 @@ class ShareConvWeights(Pass):
         self.initialize = initialize
         self.sites: list[SiteInit] = []
         self.links: dict[str, WeightLink] = {}  # original parameter path -> its link
-        self.replaced: dict[str, torch.Tensor] = {}  # original parameter path -> the weight it held
+        # original parameter path -> a function returning the weight it held (computed on call:
+        # a lazily aligned weight is never kept as a copy)
+        self.replaced: dict[str, WeightSource] = {}
 
     @property
     def preserves_outputs(self) -> bool:
@@ -91,8 +97,8 @@ class ShareConvWeights(Pass):
                     group, site = node.meta[SHARE_KEY]
                     planned.setdefault(site.site, (group, site, node.meta[SITE_KEY]))
         if not planned:
+            materialize_all(module)
             return PassResult(module, False, {"groups": 0, "sites": 0, "uses": 0})
-        replaced = {id(module.get_parameter(u.param)) for _, _, u in planned.values()}
         attr = _free_name(partitions)
         container = SharedWeights()
         keys: dict[str, str] = {}
@@ -103,6 +109,12 @@ class ShareConvWeights(Pass):
             members.setdefault(group.name, []).append((site, use))
         for name, group in groups.items():
             self._build_group(module, container, group, members[name], keys)
+            release_free_memory()  # the group's temporaries, freed but still resident
+        for _, _, use in planned.values():
+            owner, _, weight = use.param.rpartition(".")
+            release(module.get_submodule(owner), weight)
+        materialize_all(module)  # aligned weights of sites that end up unshared stay, permuted
+        replaced = {id(module.get_parameter(u.param)) for _, _, u in planned.values()}
         uses = 0
         for _, gm in partitions:
             uses += self._rewire(gm, attr, container, keys)
@@ -120,25 +132,26 @@ class ShareConvWeights(Pass):
         sites: list[tuple[SitePlan, ConvUse]],
         keys: dict[str, str],
     ) -> None:
-        weights = [module.get_parameter(use.param) for _, use in sites]
-        ref = weights[0]
+        # a few rows of one weight at a time: a lazily aligned weight is computed when read
+        sources = [weight_source(module, use.param) for _, use in sites]
+        dtype, device = sources[0].dtype, sources[0].original.device
         out = group.weight_shape[0]
-        if self.initialize:
-            total = torch.zeros(group.weight_shape, dtype=torch.float64, device=ref.device)
-            for w in weights:
-                total.add_(w.detach())
-            bank = total.div_(len(weights)).to(ref.dtype)
+        if self.initialize:  # the mean in float64; each weight added a few rows at a time
+            total = torch.zeros(group.weight_shape, dtype=torch.float64, device=device)
+            for source in sources:
+                for rows, part in source.pieces():
+                    total[rows] += part
+            bank = total.div_(len(sources)).to(dtype)
             del total
         else:
-            bank = torch.zeros(group.weight_shape, dtype=ref.dtype, device=ref.device)
-        container.banks[group.name] = nn.Parameter(
-            bank, requires_grad=any(w.requires_grad for w in weights)
-        )
-        bank64 = bank.detach().to(torch.float64).reshape(out, -1)
-        for (plan, use), w in zip(sites, weights):
-            link, err = self._make_link(plan, w, bank64)
+            bank = torch.zeros(group.weight_shape, dtype=dtype, device=device)
+        grad = any(source.requires_grad for source in sources)
+        container.banks[group.name] = nn.Parameter(bank, requires_grad=grad)
+        bank2d = bank.detach().reshape(out, -1)
+        for (plan, use), source in zip(sites, sources):
+            link, err = self._make_link(plan, source, bank2d)
             self.links[use.param] = link
-            self.replaced[use.param] = w
+            self.replaced[use.param] = source
             key = link_key(plan.site)
             while key in container.links:
                 key += "_"
@@ -149,10 +162,10 @@ class ShareConvWeights(Pass):
             )
 
     def _make_link(
-        self, plan: SitePlan, weight: nn.Parameter, bank64: torch.Tensor
+        self, plan: SitePlan, source: WeightSource, bank: torch.Tensor
     ) -> tuple[WeightLink, float]:
-        out, fan_in = bank64.shape
-        dtype, device = weight.dtype, weight.device
+        out, fan_in = bank.shape
+        dtype, device, requires_grad = source.dtype, bank.device, source.requires_grad
         kind, rank = plan.link, plan.rank
         lowrank = kind in ("lowrank", "lowrank+scale")
         if not self.initialize:
@@ -162,33 +175,31 @@ class ShareConvWeights(Pass):
                 a=torch.zeros(rank, fan_in, dtype=dtype, device=device),
             )
             link = make_link(kind, **{k: v for k, v in zeros.items() if _needs(kind, k)})
-            _requires_grad(link, weight.requires_grad)
+            _requires_grad(link, requires_grad)
             return link, float("nan")
-        # float64 temporaries are freed as soon as possible: peak memory is one bank and one
-        # residual of the largest layer, not several copies of it
-        residual = weight.detach().to(torch.float64, copy=True).reshape(out, -1)
+        # One float64 temporary of the layer's size, the residual: the bank is subtracted and
+        # the error measured a few rows at a time, so peak memory stays near one residual.
+        residual = source.read(torch.float64).reshape(out, -1)
+        if residual.data_ptr() == source.original.data_ptr():  # a float64 weight, read as it is
+            residual = residual.clone()
         norm = torch.linalg.vector_norm(residual).item()
         scale = None
         if kind in ("scale", "lowrank+scale"):
-            scale = channel_scale(residual, bank64).to(dtype)
-            residual -= bank64 * scale.to(torch.float64)[:, None]
-        else:
-            residual -= bank64
+            scale = channel_scale(residual, bank).to(dtype)
+        subtract_rows_(residual, bank, scale)
         b = a = None
         if lowrank and rank >= min(out, fan_in):
-            b, a = _exact_factors(weight.detach(), bank64.to(dtype), scale)
-            residual -= b.to(torch.float64) @ a.to(torch.float64)
+            b, a = _exact_factors(source.read(), bank, scale)
         elif lowrank:
             b64, a64 = lowrank_factors(residual, rank)
             b, a = b64.to(dtype), a64.to(dtype)
             del b64, a64
-            residual -= b.to(torch.float64) @ a.to(torch.float64)
-        diff = torch.linalg.vector_norm(residual).item()
+        diff = residual_norm(residual, b, a)
         del residual
         err = diff / norm if norm > 0 else diff
         tensors = {"scale": scale, "b": b, "a": a}
         link = make_link(kind, **{k: v for k, v in tensors.items() if v is not None})
-        _requires_grad(link, weight.requires_grad)
+        _requires_grad(link, requires_grad)
         return link, err
 
     def _rewire(
