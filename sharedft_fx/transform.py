@@ -198,15 +198,17 @@ def transform(
             modified=False, output_error=0.0, passes=tuple(results), alignment=alignment,
         )
     new = results[-1].module
-    _unalias(new, model)
     new.train(model.training)
     if config.verify:
         expected = aligned[0] if aligned else reference
         _verify_wiring(new, share_pass, args, expected, _tolerance(model, VERIFY_TOLERANCE))
     recalibrated = 0
-    if calibration is not None:
+    if calibration is not None:  # BatchNorm statistics only: copies, never the user's tensors
         recalibrated = recalibrate_bn_count(new, calibration, batches=config.calibration_batches)
     output_error = tree_relative_error(_run(new, args), reference)
+    # last: the forwards above only read the conv weights still shared with the user's model,
+    # so their copies do not add to the peak
+    _unalias(new, model)
     errors = {s.site: s for s in share_pass.sites}
     groups = tuple(
         GroupReport(
