@@ -164,9 +164,9 @@ def rank_for_tolerance(residual: torch.Tensor, reference_norm: float, tolerance:
 ROW_CHUNK_ELEMENTS = 1 << 18  # row-chunked float64 temporaries stay near 2 MiB
 
 
-def row_chunks(rows: int, cols: int) -> Iterator[slice]:
-    """Slices of consecutive rows holding about ROW_CHUNK_ELEMENTS elements each."""
-    step = max(1, ROW_CHUNK_ELEMENTS // max(cols, 1))
+def row_chunks(rows: int, cols: int, elements: int | None = None) -> Iterator[slice]:
+    """Slices of consecutive rows holding about `elements` (ROW_CHUNK_ELEMENTS) elements each."""
+    step = max(1, (elements or ROW_CHUNK_ELEMENTS) // max(cols, 1))
     for start in range(0, rows, step):
         yield slice(start, min(rows, start + step))
 

@@ -3,6 +3,7 @@ recipe, at about 35% of the parameters; and training-step throughput, shared vs 
 measured side by side (interleaved rounds) in one run.
 
     PYTHONPATH=. python tools/bench_finetune.py --rank 8 --out runs/bench-ft.json
+    PYTHONPATH=. python tools/bench_finetune.py --target-ratio 0.35 --naive --out runs/bench-ft.json
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def throughput(original, shared, rounds: int, steps: int, batch: int = 64) -> di
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--target-ratio", type=float, default=None,
+                    help="plan for this fraction of the parameters instead of a fixed rank")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--naive", action="store_true", help="also run the naive recipe")
     ap.add_argument("--epochs", type=int, default=RECIPE.epochs)
@@ -83,7 +86,9 @@ def main() -> None:
     _, val, test = digits_loaders()
     report["original"] = {"params": info["params"], "val": evaluate_accuracy(original, val),
                           "test": evaluate_accuracy(original, test)}
-    result = transform(original, splits.train.tensors[0][:8], ShareConfig(rank=args.rank))
+    config = (ShareConfig(target_ratio=args.target_ratio) if args.target_ratio is not None
+              else ShareConfig(rank=args.rank))
+    result = transform(original, splits.train.tensors[0][:8], config)
     report["share"] = {"config": result.config.to_dict(), "params": result.params_after,
                        "ratio": result.ratio}
     shared = result.model
