@@ -44,6 +44,7 @@ from .planning import (
     candidate_runs,
     group_name,
     link_params,
+    skip_unprofitable,
 )
 
 __all__ = ["plan_budget", "SiteProfile", "site_profile", "LOOKAHEAD"]
@@ -171,11 +172,7 @@ def plan_budget(
         run = _Run(members, profiles, [0] * len(members), kind)
         if run.cost() >= run.before:
             run.shared = False
-            for c in members:
-                skipped[c.site] = (
-                    f"sharing its group would not save parameters even at rank 0 ({run.cost()} "
-                    f"after vs {run.before} before)"
-                )
+            skip_unprofitable(skipped, members, run.cost(), run.before, " even at rank 0")
             continue
         runs.append(run)
     other = total_params - sum(r.before for r in runs)

@@ -30,7 +30,6 @@ __all__ = [
     "ChannelPermutation",
     "permute_lazily",
     "is_lazy",
-    "read_weight",
     "WeightSource",
     "weight_source",
     "release",
@@ -112,28 +111,14 @@ def permute_lazily(
     parametrize.register_parametrization(owner, name, ChannelPermutation(moves), unsafe=True)
 
 
-def _lazy_parts(owner: nn.Module, name: str) -> tuple[nn.Parameter, nn.Module]:
-    plist = owner.parametrizations[name]
-    return plist.original, plist
-
-
-def read_weight(module: nn.Module, path: str) -> torch.Tensor:
-    """The tensor at `path` (a parameter, or the permuted view computed now)."""
-    owner_path, name = _split(path)
-    owner = module.get_submodule(owner_path)
-    if is_lazy(owner, name):
-        with torch.no_grad():
-            return getattr(owner, name)
-    return module.get_parameter(path)
-
-
 @dataclass(frozen=True)
 class WeightSource:
     """Read access to one weight (a parameter or a lazy permuted view) that keeps no copy.
 
     ``pieces()`` yields slices of rows; ``read(dtype)`` returns the whole weight as one new
     tensor (cast a few rows at a time) or the parameter itself when there is nothing to do;
-    calling the source returns the weight as it is (for `feed_weights`).
+    ``copy(dtype)`` always returns a new tensor; calling the source returns the weight as it is
+    (for `feed_weights`).
     """
 
     original: torch.Tensor
@@ -170,6 +155,11 @@ class WeightSource:
             return out
         return _gather(w, self.moves)
 
+    def copy(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`read`, but never the original tensor itself: safe to modify in place."""
+        out = self.read(dtype)
+        return out.clone() if out.data_ptr() == self.original.data_ptr() else out
+
     def __call__(self) -> torch.Tensor:
         with torch.no_grad():
             return self.read()
@@ -183,7 +173,8 @@ def weight_source(module: nn.Module, path: str) -> WeightSource:
     owner_path, name = _split(path)
     owner = module.get_submodule(owner_path)
     if is_lazy(owner, name):
-        original, plist = _lazy_parts(owner, name)
+        plist = owner.parametrizations[name]
+        original = plist.original
         moves = tuple(move for step in plist for move in step.moves)
         return WeightSource(original, moves, original.requires_grad)
     param = module.get_parameter(path)
@@ -200,11 +191,10 @@ def materialize(owner: nn.Module, name: str) -> None:
     """Replace a lazy weight by a plain parameter holding its permuted copy."""
     if not is_lazy(owner, name):
         return
-    original, _ = _lazy_parts(owner, name)
-    with torch.no_grad():
-        value = getattr(owner, name).detach().clone()
+    source = weight_source(owner, name)
+    value = source.copy()
     parametrize.remove_parametrizations(owner, name, leave_parametrized=False)
-    owner._parameters[name] = nn.Parameter(value, requires_grad=original.requires_grad)
+    owner._parameters[name] = nn.Parameter(value, requires_grad=source.requires_grad)
 
 
 def materialize_all(module: nn.Module) -> int:

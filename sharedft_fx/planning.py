@@ -28,6 +28,7 @@ __all__ = [
     "shareable_pool",
     "split_runs",
     "candidate_runs",
+    "skip_unprofitable",
     "link_params",
     "group_name",
 ]
@@ -245,14 +246,25 @@ def plan_sharing(
             sites=tuple(SitePlan(c.site, r, config.link) for c, r in zip(members, ranks)),
         )
         if config.rank != "full" and plan.params_after() >= plan.params_before():
-            for c in members:
-                skipped[c.site] = (
-                    f"sharing its group would not save parameters ({plan.params_after()} after vs "
-                    f"{plan.params_before()} before)"
-                )
+            skip_unprofitable(skipped, members, plan.params_after(), plan.params_before())
             continue
         groups.append(plan)
     return SharingPlan(tuple(groups), skipped)
+
+
+def skip_unprofitable(
+    skipped: dict[str, str],
+    members: Sequence[SiteCandidate],
+    after: int,
+    before: int,
+    qualifier: str = "",
+) -> None:
+    """Record why a group is left unshared: sharing it would not save parameters."""
+    for c in members:
+        skipped[c.site] = (
+            f"sharing its group would not save parameters{qualifier} ({after} after vs "
+            f"{before} before)"
+        )
 
 
 def _ranks(

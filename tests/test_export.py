@@ -74,6 +74,14 @@ def _rel(got: np.ndarray, ref: torch.Tensor) -> float:
     return float(np.linalg.norm(got.astype(np.float64) - ref64) / np.linalg.norm(ref64))
 
 
+def _ort_error(model: nn.Module, path: Path) -> float:
+    """Relative error of the ONNX file in ONNX Runtime against the torch model, on a new batch."""
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    return _rel(_run(sharedft_fx.ort_session(path), x), ref)
+
+
 def _bank_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if ".banks." in n or n.startswith("banks.")]
 
@@ -145,10 +153,7 @@ def test_dense_mode_merges_links_and_matches_torch(shared, example, tmp_path):
     # six dense 64x64x3x3 weights instead of one bank + factors
     assert dense.stored_bytes > compact.stored_bytes + 4 * 64 * 64 * 9 * 4
     assert all(c.passed for c in dense.checks) and dense.max_rel_error < 1e-4
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        ref = shared.model.eval()(x)
-    assert _rel(_run(sharedft_fx.ort_session(tmp_path / "d.onnx"), x), ref) < 1e-4
+    assert _ort_error(shared.model, tmp_path / "d.onnx") < 1e-4
 
 
 def test_external_data_with_forced_threshold_survives_a_move(shared, example, tmp_path):
@@ -171,10 +176,7 @@ def test_external_data_with_forced_threshold_survives_a_move(shared, example, tm
     moved = tmp_path / "elsewhere"
     shutil.move(str(folder), str(moved))
     onnx.checker.check_model(str(moved / "m.onnx"))
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        ref = shared.model.eval()(x)
-    assert _rel(_run(sharedft_fx.ort_session(moved / "m.onnx"), x), ref) < 1e-4
+    assert _ort_error(shared.model, moved / "m.onnx") < 1e-4
 
 
 def test_single_file_export_removes_stale_external_data(shared, example, tmp_path):

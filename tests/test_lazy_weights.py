@@ -15,7 +15,6 @@ from sharedft_fx.lazy_weights import (
     materialize,
     materialize_all,
     permute_lazily,
-    read_weight,
     release,
     weight_source,
 )
@@ -42,7 +41,7 @@ def test_permuted_view_reads_permuted_and_copies_nothing() -> None:
     reference = nn.functional.conv2d(x, expected, user.bias)
     with torch.no_grad():
         assert torch.equal(work(x), reference)
-    assert torch.equal(read_weight(nn.Sequential(work), "0.weight"), expected)
+    assert torch.equal(weight_source(nn.Sequential(work), "0.weight").read(), expected)
 
 
 def test_source_reads_whole_in_pieces_and_after_release() -> None:
@@ -66,6 +65,8 @@ def test_plain_source_returns_the_parameter_itself() -> None:
     user, _, _, _ = _conv_pair()
     source = weight_source(nn.Sequential(user), "0.weight")
     assert source.read().data_ptr() == user.weight.data_ptr()
+    assert source.copy().data_ptr() != user.weight.data_ptr()
+    assert torch.equal(source.copy(), user.weight.detach())
     assert torch.equal(source.read(torch.float64), user.weight.detach().double())
 
 

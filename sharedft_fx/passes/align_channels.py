@@ -383,12 +383,11 @@ class AlignChannels(Pass):
         chains = [c for prefix, gm in graph_modules(module)
                   for c in find_channel_chains(gm, prefix, tied)]
         groups = [g for g in self._groups(module) if len(g) >= 2]
-        group_of = {s: gi for gi, g in enumerate(groups) for s in g}
         sources = {s: module.get_parameter(_join(s, "weight")) for g in groups for s in g}
-        affected = []
+        affected = []  # per chain: the (site, dim) moves that touch a group
         for chain in chains:
             moves = [(chain.producer, 0)] + [(m, 0) for m in chain.channelwise] + [(chain.consumer, 1)]
-            affected.append([(s, dim) for s, dim in moves if s in group_of])
+            affected.append([(s, dim) for s, dim in moves if s in sources])
         search = _Search(sources, groups)
         before = sum(search.energy)
         totals = [torch.arange(c.channels) for c in chains]

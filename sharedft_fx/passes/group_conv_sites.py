@@ -11,7 +11,7 @@ from ..calibration import capture_conv_inputs
 
 from ..config import ShareConfig
 from ..errors import InputError
-from ..lazy_weights import read_weight
+from ..lazy_weights import weight_source
 from ..planning import SharingPlan, SiteCandidate, plan_sharing
 from ..tracing import CONV_TYPES, graph_modules
 from .base import Pass, PassResult
@@ -118,7 +118,7 @@ class GroupConvSites(Pass):
             if self.config.target_ratio is not None and self.calibration is not None:
                 inputs = self._capture(module, sites)
             self.plan = plan_sharing(
-                candidates, self.config, lambda s: read_weight(module, params[s]),
+                candidates, self.config, lambda s: weight_source(module, params[s]).read(),
                 total_params=_unique_parameters(module), site_inputs=inputs,
             )
         chosen = self.plan.site_plans()

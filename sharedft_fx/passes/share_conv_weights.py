@@ -179,9 +179,7 @@ class ShareConvWeights(Pass):
             return link, float("nan")
         # One float64 temporary of the layer's size, the residual: the bank is subtracted and
         # the error measured a few rows at a time, so peak memory stays near one residual.
-        residual = source.read(torch.float64).reshape(out, -1)
-        if residual.data_ptr() == source.original.data_ptr():  # a float64 weight, read as it is
-            residual = residual.clone()
+        residual = source.copy(torch.float64).reshape(out, -1)  # modified in place below
         norm = torch.linalg.vector_norm(residual).item()
         scale = None
         if kind in ("scale", "lowrank+scale"):
