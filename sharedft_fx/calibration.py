@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .modes import eval_mode, restored_modes
 
 __all__ = ["recalibrate_bn", "recalibrate_bn_count", "capture_conv_inputs", "batch_inputs", "MAX_PATCHES"]
 
@@ -102,24 +103,22 @@ def recalibrate_bn_count(model: nn.Module, data: Iterable[Any], batches: int | N
         log.info("recalibrate_bn: the model has no BatchNorm with running statistics")
         return 0
     device = _device_of(model)
-    flags = [(m, m.training) for m in model.modules()]
     momentums = [(m, m.momentum) for m in norms]
     count = 0
-    try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average over the batches seen
-            m.train()
-        with torch.no_grad():
-            for batch in _chain(first, stream):
-                model(*batch_inputs(batch, device))
-                count += 1
-    finally:
-        for m, momentum in momentums:
-            m.momentum = momentum
-        for m, flag in flags:
-            m.training = flag
+    with restored_modes(model):
+        try:
+            model.eval()
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative moving average over the batches seen
+                m.train()
+            with torch.no_grad():
+                for batch in _chain(first, stream):
+                    model(*batch_inputs(batch, device))
+                    count += 1
+        finally:
+            for m, momentum in momentums:
+                m.momentum = momentum
     log.info("recalibrated %d BatchNorm layer(s) on %d batch(es)", len(norms), count)
     return count
 
@@ -197,21 +196,17 @@ def capture_conv_inputs(
         return hook
 
     device = _device_of(model)
-    flags = [(m, m.training) for m in model.modules()]
     count = 0
     try:
         for name, conv in convs.items():
             handles.append(conv.register_forward_pre_hook(hook_for(name, conv)))
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in _batches(data, batches, "calibration"):
                 model(*batch_inputs(batch, device))
                 count += 1
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
     if count == 0:
         raise InputError(
             "the calibration data yielded no batches: pass a non-empty DataLoader of inputs"

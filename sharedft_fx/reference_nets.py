@@ -29,6 +29,7 @@ from torch import nn
 from .data import DIGITS_CLASSES, digits_loaders
 from .errors import InputError
 from .io import atomic_path, write_json_atomic
+from .modes import eval_mode
 
 __all__ = [
     "DigitsResNet",
@@ -178,15 +179,11 @@ def cache_dir() -> Path:
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, loader: torch.utils.data.DataLoader) -> float:
     """Top-1 accuracy of a classifier in eval mode (restores its mode)."""
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with eval_mode(model):
         for x, y in loader:
             correct += int((model(x).argmax(1) == y).sum())
             total += len(y)
-    finally:
-        model.train(was_training)
     return correct / max(total, 1)
 
 

@@ -16,11 +16,10 @@ After (``ShareConfig(rank=8)``)::
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import gc
 import logging
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from .config import ShareConfig
 from .errors import ConfigError, InputError, NonFiniteWeightError, VerificationError
 from .links import feed_weights
 from .memory import release_free_memory
+from .modes import eval_mode
 from .numerics import tree_relative_error
 from .calibration import recalibrate_bn_count
 from .passes import AddSkipGates, AlignChannels, GroupConvSites, OutputCheck, PassManager
@@ -53,18 +53,6 @@ def as_args(example_inputs: Any) -> tuple:
     if example_inputs is None:
         raise InputError("example_inputs is required: a tensor or a tuple of forward() arguments")
     return example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode; restore each one's own flag afterwards."""
-    flags = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def check_finite(model: nn.Module) -> None:

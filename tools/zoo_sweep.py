@@ -229,7 +229,7 @@ def worker(name: str) -> dict[str, Any]:
     import sharedft_fx
     from sharedft_fx import ShareConfig
     from sharedft_fx.errors import VerificationError
-    from sharedft_fx.transform import eval_mode
+    from sharedft_fx.modes import eval_mode
 
     rec: dict[str, Any] = {"model": name, "family": family(name)}
     t0 = time.perf_counter()

@@ -33,7 +33,8 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError, InputError
-from ..transform import as_args, eval_mode
+from ..modes import eval_mode
+from ..transform import as_args
 from .accounting import check_size, torch_bytes, torch_tensors
 from .exporters import DEFAULT_OPSET, to_onnx, merge_links
 from .files import EXTERNAL_DATA_THRESHOLD, write_onnx

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from ..errors import VerificationError
-from ..transform import eval_mode
+from ..modes import eval_mode
 from .runtime import default_providers, ort_session
 
 __all__ = ["OrtCheck", "check_onnx_file", "verify_onnx", "torch_outputs", "random_like"]

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from ..errors import ConfigError, InputError
 from ..io import atomic_path, write_json_atomic
+from ..modes import eval_mode, restored_modes
 from ..numerics import flatten_tensors
 from . import distributed as D
 from .checkpoint import CHECKPOINT_FILE, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -224,13 +225,10 @@ def evaluate(
     dataset = _as_dataset(data, "val_data")
     device = torch.device(device)
     loader = DataLoader(dataset, batch_size=max(config.batch_size, 256), shuffle=False)
-    flags = [(m, m.training) for m in list(model.modules()) + list(teacher.modules())]
-    model.eval()
-    teacher.eval()
     total = correct = correct_t = 0
     loss_sum = 0.0
     labelled = False
-    try:
+    with eval_mode(model), eval_mode(teacher):
         for batch in loader:
             inputs, labels = _split_batch(batch)
             inputs = _to(inputs, device)
@@ -243,9 +241,6 @@ def evaluate(
                 labels = labels.to(device)
                 correct += int((_logits(out).argmax(-1) == labels).sum())
                 correct_t += int((_logits(ref).argmax(-1) == labels).sum())
-    finally:
-        for m, flag in flags:
-            m.training = flag
     metrics = {"val_loss": loss_sum / max(total, 1)}
     if labelled:
         metrics["val_accuracy"] = correct / max(total, 1)
@@ -298,13 +293,11 @@ def finetune(
     train_set = _as_dataset(train_data, "train_data")
     val_set = _as_dataset(val_data, "val_data") if val_data is not None else None
     env = D.setup(device)
-    teacher_flags = [(m, m.training) for m in teacher.modules()]
     try:
-        return _finetune(model, teacher, train_set, val_set, config, env,
-                         Path(output_dir) if output_dir is not None else None, resume)
+        with restored_modes(teacher):  # the teacher runs in eval mode; give it back as it was
+            return _finetune(model, teacher, train_set, val_set, config, env,
+                             Path(output_dir) if output_dir is not None else None, resume)
     finally:
-        for m, flag in teacher_flags:  # the teacher ran in eval mode; give it back as it was
-            m.training = flag
         D.teardown(env)
 
 
@@ -344,16 +337,12 @@ def _finetune(
     inputs, labels = _split_batch(next(iter(probe)))
     inputs = _to(inputs, env.device)
     with torch.no_grad():
-        was = [(m, m.training) for m in student.modules()]
-        student.eval()
         try:
-            s_out = student(*inputs)
+            with eval_mode(student):
+                s_out = student(*inputs)
         except Exception as exc:  # noqa: BLE001
             raise InputError(f"the model does not run on a training batch ({type(exc).__name__}: "
                              f"{exc})") from exc
-        finally:
-            for m, flag in was:
-                m.training = flag
         try:
             t_out = teacher(*inputs)
         except Exception as exc:  # noqa: BLE001

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import PassError, SharedftError, VerificationError
+from ..modes import eval_mode
 from ..numerics import tree_relative_error
 from ..tracing import graph_modules
 
@@ -82,14 +83,8 @@ class OutputCheck:
 
     def outputs(self, module: nn.Module) -> Any:
         """The module's outputs on the example inputs, in eval mode (its mode is restored)."""
-        flags = [(m, m.training) for m in module.modules()]
-        module.eval()
-        try:
-            with torch.no_grad():
-                return module(*self.example_inputs)
-        finally:
-            for m, flag in flags:
-                m.training = flag
+        with eval_mode(module), torch.no_grad():
+            return module(*self.example_inputs)
 
 
 class PassManager:

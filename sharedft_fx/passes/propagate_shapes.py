@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..modes import eval_mode
 from ..tracing import capture_calls, graph_modules
 from .base import Pass, PassResult
 
@@ -28,9 +29,7 @@ class PropagateShapes(Pass):
 
     def run(self, module: nn.Module) -> PassResult:
         partitions = dict(graph_modules(module))
-        was_training = module.training
-        module.eval()
-        try:
+        with eval_mode(module):
             calls = capture_calls(module, partitions, self.example_inputs)
             count = 0
             for path, gm in partitions.items():
@@ -39,6 +38,4 @@ class PropagateShapes(Pass):
                 with torch.no_grad():
                     ShapeProp(gm).propagate(*calls[path][0])
                 count += 1
-        finally:
-            module.train(was_training)
         return PassResult(module, False, {"graphs": count})
